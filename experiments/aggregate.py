@@ -1,0 +1,317 @@
+"""Collect finished runs of one benchmark into tables.
+
+A run is one (benchmark, variant, seed) in ``results/<benchmark>/<variant>/seed<seed>/``; the
+training runner writes ``summary.json`` there (plus ``epochs.csv`` and ``cycles.csv``, which the
+plots read). This module turns a list of run folders into
+
+* a summary table, one row per (variant, seed)   -> ``load_summaries``
+* the dendrite-count table (paper, Table 1)      -> ``dendrite_counts``
+* the paired statistics (see ``experiments/stats.py``)
+
+and writes every table with ``write_csv_atomic``. A run whose ``summary.json`` is missing or
+malformed is an error that names the file and the command that re-runs it; it is never skipped.
+
+Command line (what the Snakefile calls)::
+
+    python -m experiments.aggregate --benchmark tox21 --runs results/tox21/*/seed* \
+        --out-summary results/tox21/summary.csv --out-counts results/tox21/dendrite_counts.csv \
+        --out-stats results/tox21/stats.csv --treatment pb --control baseline
+
+Improvement formulas (SPEC section 2, paper section 5.1), ``o`` = original score (first neuron
+cycle), ``m`` = max score (test score at the epoch of the best validation score of the run):
+
+* accuracy:       error reduction ``(err_o - err_m) / err_o`` with ``err = 1 - acc``
+                  (EMNIST: 86.55% -> 87.13% gives 0.0431, the paper's "4.3% of the error").
+* auc:            ``(m - o) / (1 - o)``, the fraction of the distance to a perfect 1.0 closed.
+                  Algebraically the same as the accuracy formula.
+* precision_at_1: ``(m - o) / (o - 0.5)``, the relative growth of the margin above chance 0.5
+                  (CSI300 best run 0.610 -> 0.648 gives 0.345). Undefined (NaN) when ``o <= 0.5``.
+
+All three are NaN where the denominator is zero (or negative for precision_at_1). Scores must
+be fractions in [0, 1], not percentages. ``load_summaries`` adds the per-run value as column
+``improvement`` (test scores); ``improvement_summary`` gives, per variant, both the improvement
+of the mean scores and the mean of per-run improvements, which differ. For Tox21 the paper's
+"0.789 -> 0.822, 13.6% closer to 1.0" is not the formula applied to those two means (that would
+be 15.6%); it matches an original (first-cycle) mean of about 0.794 for the dendrite runs, i.e.
+the within-run comparison, which is what ``improvement_summary`` reports.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SUMMARY_COLUMNS = [
+    "benchmark", "variant", "seed", "metric", "original_val", "original_test", "max_val",
+    "max_test", "dendrites", "params", "params_original", "epochs", "seconds", "improvement",
+]
+SCORE_KEYS = ("epoch", "cycle", "dendrites", "params", "train", "val", "test")
+TOP_LEVEL_KEYS = ("benchmark", "variant", "seed", "metric", "mode", "original", "max",
+                  "final_dendrites", "dendrites_added", "params_final", "epochs", "seconds",
+                  "stopped_because")
+
+ACCURACY_METRICS = {"accuracy", "acc"}
+AUC_METRICS = {"auc", "roc_auc"}
+PRECISION_AT_1_METRICS = {"precision_at_1", "precision@1", "p@1"}
+CHANCE_PRECISION_AT_1 = 0.5
+
+
+class RunRecordError(ValueError):
+    """A run folder whose summary.json is missing, unreadable or does not follow the contract."""
+
+
+def rerun_command(benchmark, variant, seed) -> str:
+    return f"python -m experiments run {benchmark} --variant {variant} --seed {seed}"
+
+
+def _ids_from_path(run_dir: Path) -> tuple[str, str, str]:
+    """(benchmark, variant, seed) guessed from ``.../<benchmark>/<variant>/seed<seed>``."""
+    parts = run_dir.resolve().parts
+    match = re.fullmatch(r"seed(\d+)", parts[-1]) if parts else None
+    if match and len(parts) >= 3:
+        return parts[-3], parts[-2], match.group(1)
+    return "<benchmark>", "<variant>", "<seed>"
+
+
+def _fail(path: Path, problem: str, ids: tuple) -> RunRecordError:
+    return RunRecordError(
+        f"{path}: {problem}. Fix: re-run that seed with `{rerun_command(*ids)}` "
+        f"(or leave the folder out of --runs)."
+    )
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def read_summary(run_dir: Path) -> dict:
+    """Read and check one run's summary.json; raise RunRecordError naming the file otherwise."""
+    run_dir = Path(run_dir)
+    if run_dir.name == "summary.json":
+        run_dir = run_dir.parent
+    path = run_dir / "summary.json"
+    ids = _ids_from_path(run_dir)
+    if not path.is_file():
+        raise _fail(path, "summary.json is missing (the run did not finish)", ids)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _fail(path, f"summary.json is not valid JSON ({err})", ids) from err
+    if not isinstance(record, dict):
+        raise _fail(path, "summary.json is not a JSON object", ids)
+    if all(k in record for k in ("benchmark", "variant", "seed")):
+        ids = (record["benchmark"], record["variant"], record["seed"])
+
+    missing = [k for k in TOP_LEVEL_KEYS if k not in record]
+    if missing:
+        raise _fail(path, f"summary.json lacks the keys {missing}", ids)
+    for part in ("original", "max"):
+        block = record[part]
+        if not isinstance(block, dict):
+            raise _fail(path, f"summary.json '{part}' is not an object", ids)
+        lacking = [k for k in SCORE_KEYS if k not in block]
+        if lacking:
+            raise _fail(path, f"summary.json '{part}' lacks the keys {lacking}", ids)
+        not_numbers = [k for k in SCORE_KEYS if not _is_number(block[k])]
+        if not_numbers:
+            raise _fail(path, f"summary.json '{part}' has non-numeric {not_numbers}", ids)
+    for key in ("final_dendrites", "dendrites_added", "params_final", "epochs", "seconds"):
+        if not _is_number(record[key]):
+            raise _fail(path, f"summary.json '{key}' is not a number ({record[key]!r})", ids)
+    if not isinstance(record["seed"], int) or isinstance(record["seed"], bool):
+        raise _fail(path, f"summary.json 'seed' is not an integer ({record['seed']!r})", ids)
+    if record["mode"] not in ("max", "min"):
+        raise _fail(path, f"summary.json 'mode' must be 'max' or 'min', not {record['mode']!r}", ids)
+
+    # The folder names must agree with the record (a copied or misplaced summary is an error).
+    bench_p, variant_p, seed_p = _ids_from_path(run_dir)
+    if seed_p != "<seed>" and (
+        str(record["seed"]) != seed_p or record["variant"] != variant_p or record["benchmark"] != bench_p
+    ):
+        raise _fail(path, f"summary.json says ({record['benchmark']}, {record['variant']}, seed "
+                          f"{record['seed']}) but the folder is {bench_p}/{variant_p}/seed{seed_p}", ids)
+    return record
+
+
+def load_summaries(run_dirs: list[Path], benchmark: str | None = None) -> pd.DataFrame:
+    """One row per (variant, seed) of the given run folders (columns: ``SUMMARY_COLUMNS``).
+
+    ``benchmark``, when given, must match every record. Two folders holding the same
+    (variant, seed), or an empty list, are errors.
+    """
+    if not run_dirs:
+        raise ValueError("no run folders given (expected results/<benchmark>/<variant>/seed<seed>)")
+    rows = []
+    for run_dir in run_dirs:
+        rec = read_summary(Path(run_dir))
+        if benchmark is not None and rec["benchmark"] != benchmark:
+            raise RunRecordError(f"{Path(run_dir) / 'summary.json'}: benchmark is "
+                                 f"{rec['benchmark']!r}, expected {benchmark!r}")
+        try:
+            gain = improvement(rec["original"]["test"], rec["max"]["test"], rec["metric"])
+        except ValueError as err:
+            raise RunRecordError(f"{Path(run_dir) / 'summary.json'}: {err}") from err
+        rows.append({
+            "benchmark": rec["benchmark"],
+            "variant": rec["variant"],
+            "seed": rec["seed"],
+            "metric": rec["metric"],
+            "original_val": float(rec["original"]["val"]),
+            "original_test": float(rec["original"]["test"]),
+            "max_val": float(rec["max"]["val"]),
+            "max_test": float(rec["max"]["test"]),
+            "dendrites": int(rec["final_dendrites"]),
+            "params": int(rec["params_final"]),
+            "params_original": int(rec["original"]["params"]),
+            "epochs": int(rec["epochs"]),
+            "seconds": float(rec["seconds"]),
+            "improvement": gain,
+        })
+    df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    dup = df[df.duplicated(["benchmark", "variant", "seed"], keep=False)]
+    if not dup.empty:
+        pairs = sorted({(r.benchmark, r.variant, r.seed) for r in dup.itertuples()})
+        raise ValueError(f"the same run appears more than once in --runs: {pairs}")
+    if df["benchmark"].nunique() > 1:
+        raise ValueError(f"runs of several benchmarks mixed: {sorted(df['benchmark'].unique())}")
+    return df.sort_values(["variant", "seed"], kind="stable").reset_index(drop=True)
+
+
+def dendrite_counts(df: pd.DataFrame) -> pd.DataFrame:
+    """Table 1: how many runs of each variant end with each number of dendrites.
+
+    Columns variant, dendrites, runs. Every count from 0 to the largest count present in ``df``
+    (over all variants, so the variants' rows line up) is listed, zeros included.
+    """
+    if df.empty:
+        return pd.DataFrame({"variant": pd.Series(dtype=object), "dendrites": pd.Series(dtype=int),
+                             "runs": pd.Series(dtype=int)})
+    top = int(df["dendrites"].max())
+    rows = []
+    for variant in sorted(df["variant"].unique()):
+        counts = df.loc[df["variant"] == variant, "dendrites"].astype(int).value_counts()
+        rows += [{"variant": variant, "dendrites": k, "runs": int(counts.get(k, 0))}
+                 for k in range(top + 1)]
+    return pd.DataFrame(rows, columns=["variant", "dendrites", "runs"])
+
+
+def improvement(original, maximum, metric: str):
+    """Relative improvement of ``maximum`` over ``original`` for ``metric`` (see module doc).
+
+    Works on scalars (returns a float) and on arrays/Series (returns an array). NaN where the
+    formula is undefined.
+    """
+    o = np.asarray(original, dtype=float)
+    m = np.asarray(maximum, dtype=float)
+    finite = np.concatenate([o.ravel(), m.ravel()])
+    finite = finite[np.isfinite(finite)]
+    if finite.size and (finite.min() < 0.0 or finite.max() > 1.0):
+        raise ValueError(f"{metric} scores must be fractions in [0, 1] (got values in "
+                         f"[{finite.min()}, {finite.max()}]); percentages are not accepted")
+    name = metric.lower()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if name in ACCURACY_METRICS:
+            err_o, err_m = 1.0 - o, 1.0 - m
+            out = np.where(err_o > 0, (err_o - err_m) / err_o, np.nan)
+        elif name in AUC_METRICS:
+            out = np.where(1.0 - o > 0, (m - o) / (1.0 - o), np.nan)
+        elif name in PRECISION_AT_1_METRICS:
+            margin = o - CHANCE_PRECISION_AT_1
+            out = np.where(margin > 0, (m - o) / margin, np.nan)
+        else:
+            known = sorted(ACCURACY_METRICS | AUC_METRICS | PRECISION_AT_1_METRICS)
+            raise ValueError(f"no improvement formula for metric {metric!r}; known: {known}")
+    return float(out) if out.ndim == 0 else out
+
+
+def improvement_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per variant: n, mean original/max test score, improvement of the means, and the mean
+    and median of the per-run improvements."""
+    rows = []
+    for variant, group in df.groupby("variant", sort=True):
+        metric = group["metric"].iloc[0]
+        mo, mm = group["original_test"].mean(), group["max_test"].mean()
+        per_run = improvement(group["original_test"].to_numpy(), group["max_test"].to_numpy(), metric)
+        rows.append({
+            "variant": variant, "metric": metric, "n": len(group),
+            "mean_original_test": mo, "mean_max_test": mm,
+            "improvement_of_means": improvement(mo, mm, metric),
+            "mean_improvement": float(np.nanmean(per_run)) if np.isfinite(per_run).any() else math.nan,
+            "median_improvement": float(np.nanmedian(per_run)) if np.isfinite(per_run).any() else math.nan,
+        })
+    return pd.DataFrame(rows)
+
+
+def write_csv_atomic(df: pd.DataFrame, path: Path) -> Path:
+    """Write ``df`` (no index) to ``path``: a temp file in the same folder, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            df.to_csv(handle, index=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from experiments.stats import default_comparisons, stats_table
+
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.aggregate",
+        description="Aggregate finished runs of one benchmark into summary, dendrite-count and stats tables.")
+    parser.add_argument("--benchmark", required=True)
+    parser.add_argument("--runs", nargs="+", required=True, type=Path,
+                        help="run folders results/<benchmark>/<variant>/seed<seed>")
+    parser.add_argument("--out-summary", type=Path, required=True)
+    parser.add_argument("--out-counts", type=Path)
+    parser.add_argument("--out-stats", type=Path)
+    parser.add_argument("--out-improvement", type=Path)
+    parser.add_argument("--treatment", default="pb")
+    parser.add_argument("--control", default=None,
+                        help="variant to compare the treatment with (e.g. baseline); "
+                             "without it only the within-run comparisons are made")
+    parser.add_argument("--allow-unpaired", action="store_true",
+                        help="drop seeds present in only one variant (with a warning) instead of failing")
+    parser.add_argument("--bootstrap-seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    try:
+        df = load_summaries(args.runs, benchmark=args.benchmark)
+    except (RunRecordError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    write_csv_atomic(df, args.out_summary)
+    if args.out_counts:
+        write_csv_atomic(dendrite_counts(df), args.out_counts)
+    if args.out_improvement:
+        write_csv_atomic(improvement_summary(df), args.out_improvement)
+    if args.out_stats:
+        comparisons = default_comparisons(args.treatment, args.control)
+        try:
+            table = stats_table(df, comparisons, seed=args.bootstrap_seed,
+                                allow_unpaired=args.allow_unpaired)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        write_csv_atomic(table, args.out_stats)
+    print(f"{args.benchmark}: {len(df)} runs of variants {sorted(df['variant'].unique())} aggregated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""A layer with dendrites (SPEC section 1).
+
+    pre_i(x) = main(x)_i + sum_k u_{k,i} * a_{k,i}(x)
+    a_{k,i}(x) = g( V_k(x)_i + sum_{j<k} c_{k,j,i} * a_{j,i}(x) )
+
+All K dendrites of a layer are stacked: one call of the adapter evaluates every ``V_k``; the cascade
+over k is a short elementwise recurrence (k depends on j < k, so it cannot be one product). Candidates
+(C per neuron, trained in a dendrite phase) are stacked the same way.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .adapters import LayerAdapter
+from .covariance import CovarianceStats, CovarianceTap
+
+ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "identity": lambda t: t}
+
+
+def _frozen(tensor: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(tensor, requires_grad=False)
+
+
+class DendriticLayer(nn.Module):
+    """Wraps one layer (``main``) and owns its dendrites and candidates.
+
+    Modes, set by the cycle controller (or by hand):
+      * ``perforated``: dendrites see their inputs detached, so no error flows through them into
+        earlier layers, and a frozen dendrite stack costs one forward pass and no backward.
+      * candidates present + ``candidate_learning == "covariance"``: a dendrite phase; candidates do not
+        change the output and learn from the covariance signal captured on this layer's backward.
+      * candidates present + ``"gradient"``: candidates add to the output through their own output weight
+        and learn from the task loss (the ``gd_dendrites`` ablation).
+    """
+
+    def __init__(self, main: nn.Module, adapter: LayerAdapter, activation: str = "sigmoid", name: str = ""):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown dendrite activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        self.main = main
+        self.adapter = adapter
+        self.layer_name = name
+        self.activation = activation
+        self.num_neurons = adapter.num_neurons(main)
+        self.perforated = True
+        self.candidate_learning = "covariance"
+        self.stats: CovarianceStats | None = None
+        self._best_candidates: dict[str, torch.Tensor] | None = None
+        template = adapter.fresh_parameters(main, 0)
+        n = self.num_neurons
+        self.dendrite_weights = nn.ParameterDict({k: _frozen(v) for k, v in template.items()})
+        self.dendrite_cascade = _frozen(self._new(0, 0, n))   # (K, K, N), row k uses columns j < k
+        self.dendrite_out = nn.Parameter(self._new(0, n))      # (K, N): u, per neuron (per channel)
+        self.candidate_weights = nn.ParameterDict({k: _frozen(v.clone()) for k, v in template.items()})
+        self.candidate_cascade = _frozen(self._new(0, 0, n))  # (C, K, N)
+        self.candidate_out = _frozen(self._new(0, n))         # (C, N): only for gradient-trained candidates
+
+    # ------------------------------------------------------------------ shapes and bookkeeping
+    def _new(self, *shape) -> torch.Tensor:
+        ref = next(self.main.parameters())
+        return torch.zeros(*shape, dtype=ref.dtype, device=ref.device)
+
+    @property
+    def num_dendrites(self) -> int:
+        return self.dendrite_out.shape[0]
+
+    @property
+    def num_candidates(self) -> int:
+        return self.candidate_cascade.shape[0]
+
+    @property
+    def stack_dim(self) -> int:
+        return self.adapter.neuron_dim - 1
+
+    def _per_neuron(self, scalars: torch.Tensor) -> torch.Tensor:
+        """(S, N) -> a view that broadcasts against a stacked tensor (copy axis before neuron axis)."""
+        trailing = -self.adapter.neuron_dim - 1
+        return scalars.reshape(*scalars.shape, *([1] * trailing))
+
+    def dendrite_parameter_count(self) -> int:
+        """Parameters the dendrites add: K copies of the map, the used cascade weights, K output weights."""
+        k, n = self.num_dendrites, self.num_neurons
+        copies = sum(p.numel() for p in self.dendrite_weights.values())
+        return copies + n * k * (k - 1) // 2 + n * k
+
+    def structure(self) -> dict:
+        """What must exist before a state_dict of this layer can be loaded."""
+        return {"dendrites": self.num_dendrites, "candidates": self.num_candidates,
+                "candidate_out": self.candidate_out.shape[0] > 0}
+
+    def apply_structure(self, structure: dict) -> None:
+        """Allocate (zero) dendrites and candidates to match ``structure``; values come from a state_dict."""
+        k, c = structure["dendrites"], structure["candidates"]
+        n = self.num_neurons
+        shapes = {name: p.shape[1:] for name, p in self.dendrite_weights.items()}
+        for name, shape in shapes.items():
+            self.dendrite_weights[name] = _frozen(self._new(k, *shape))
+            self.candidate_weights[name] = _frozen(self._new(c, *shape))
+        self.dendrite_cascade = _frozen(self._new(k, k, n))
+        self.dendrite_out = nn.Parameter(self._new(k, n))
+        self.candidate_cascade = _frozen(self._new(c, k, n))
+        self.candidate_out = _frozen(self._new(c if structure["candidate_out"] else 0, n))
+        if c:
+            self.candidate_learning = "gradient" if structure["candidate_out"] else "covariance"
+        self.stats = CovarianceStats(c, n, self.dendrite_out.device) if c and not structure["candidate_out"] else None
+        self._best_candidates = self._candidate_snapshot() if self.stats is not None else None
+
+    # Candidate statistics and per-neuron best weights are part of the state, so a run interrupted in a
+    # dendrite phase resumes exactly.
+    def get_extra_state(self):
+        return {"stats": None if self.stats is None else self.stats.state_dict(),
+                "best": None if self._best_candidates is None
+                else {k: v.clone() for k, v in self._best_candidates.items()}}
+
+    def set_extra_state(self, state):
+        if state["stats"] is not None and self.stats is not None:
+            self.stats.load_state_dict(state["stats"])
+        if state["best"] is not None:
+            self._best_candidates = {k: v.clone() for k, v in state["best"].items()}
+
+    # ------------------------------------------------------------------ forward
+    def _g(self, t: torch.Tensor) -> torch.Tensor:
+        return ACTIVATIONS[self.activation](t)
+
+    def _dendrite_activations(self, inputs: tuple) -> torch.Tensor:
+        z = self.adapter.stacked_forward(self.main, dict(self.dendrite_weights), inputs)
+        sd = self.stack_dim
+        acts: list[torch.Tensor] = []
+        for k in range(self.num_dendrites):
+            zk = z.select(sd, k)
+            if k:
+                earlier = torch.stack(acts, dim=sd)
+                zk = zk + (earlier * self._per_neuron(self.dendrite_cascade[k, :k])).sum(sd)
+            acts.append(self._g(zk))
+        return torch.stack(acts, dim=sd)
+
+    def _candidate_activations(self, inputs: tuple, dendrite_acts: torch.Tensor | None) -> torch.Tensor:
+        z = self.adapter.stacked_forward(self.main, dict(self.candidate_weights), inputs)
+        if dendrite_acts is not None:
+            sd = self.stack_dim
+            # (.., 1, K, N, ..) * (C, K, N, ..) summed over K: each candidate's cascade input.
+            cascade = self._per_neuron(self.candidate_cascade.flatten(0, 1)).unflatten(0, self.candidate_cascade.shape[:2])
+            z = z + (dendrite_acts.detach().unsqueeze(sd - 1) * cascade).sum(sd)
+        return self._g(z)
+
+    def forward(self, *args, **kwargs):
+        output = self.main(*args, **kwargs)
+        k, c = self.num_dendrites, self.num_candidates
+        train_candidates = c > 0 and self.training and torch.is_grad_enabled()
+        if k == 0 and not train_candidates:
+            return output
+        pre = self.adapter.pre_activation(self.main, output)
+        inputs = self.adapter.dendrite_inputs(args, kwargs)
+        detached = tuple(t.detach() if torch.is_tensor(t) else t for t in inputs)
+        sd = self.stack_dim
+        acts = None
+        if k:
+            needs_graph = torch.is_grad_enabled() and (not self.perforated or self.dendrite_cascade.requires_grad
+                                                       or any(p.requires_grad for p in self.dendrite_weights.values()))
+            with torch.set_grad_enabled(needs_graph):
+                acts = self._dendrite_activations(detached if self.perforated else inputs)
+            pre = pre + (self._per_neuron(self.dendrite_out) * acts).sum(sd)
+        if train_candidates:
+            cand = self._candidate_activations(detached, acts)
+            if self.candidate_learning == "covariance":
+                pre = CovarianceTap.apply(pre, cand, self)
+            else:
+                pre = pre + (self._per_neuron(self.candidate_out) * cand).sum(sd)
+        return self.adapter.rebuild_output(self.main, output, pre)
+
+    # ------------------------------------------------------------------ covariance training
+    def _covariance_gradient(self, cand_act: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
+        nd, sd = self.adapter.neuron_dim, self.stack_dim
+        c, n = self.num_candidates, self.num_neurons
+        moved = cand_act.movedim((sd, nd), (-2, -1))
+        flat_act = moved.reshape(-1, c, n)
+        flat_err = err.movedim(nd, -1).reshape(-1, n)
+        grad = self.stats.gradient(flat_act, flat_err)
+        return grad.reshape(moved.shape).movedim((-2, -1), (sd, nd))
+
+    # ------------------------------------------------------------------ candidates
+    def add_candidates(self, count: int, learning: str = "covariance") -> None:
+        """Start a dendrite phase: ``count`` fresh candidates per neuron, trainable."""
+        if learning not in ("covariance", "gradient"):
+            raise ValueError(f"candidate learning must be 'covariance' or 'gradient', got {learning!r}")
+        if learning == "gradient" and count != 1:
+            raise ValueError("gradient-trained candidates all feed the output at once, so only one per neuron "
+                             f"is meaningful; got candidates={count}")
+        k, n = self.num_dendrites, self.num_neurons
+        fresh = self.adapter.fresh_parameters(self.main, count)
+        ref = self.dendrite_out
+        for name, value in fresh.items():
+            self.candidate_weights[name] = nn.Parameter(value.to(ref.device, ref.dtype))
+        bound = 1.0 / math.sqrt(max(k, 1))
+        self.candidate_cascade = nn.Parameter(torch.empty(count, k, n, dtype=ref.dtype, device=ref.device)
+                                              .uniform_(-bound, bound))
+        self.candidate_learning = learning
+        if learning == "gradient":
+            self.candidate_out = nn.Parameter(self._new(count, n))
+            self.stats = None
+            self._best_candidates = None
+        else:
+            self.candidate_out = _frozen(self._new(0, n))
+            self.stats = CovarianceStats(count, n, ref.device)
+            self._best_candidates = self._candidate_snapshot()
+
+    def candidate_parameters(self) -> list[nn.Parameter]:
+        params = list(self.candidate_weights.values()) + [self.candidate_cascade]
+        if self.candidate_learning == "gradient":
+            params.append(self.candidate_out)
+        return params
+
+    def _candidate_snapshot(self) -> dict[str, torch.Tensor]:
+        snap = {f"w.{k}": v.detach().clone() for k, v in self.candidate_weights.items()}
+        snap["cascade"] = self.candidate_cascade.detach().clone()
+        return snap
+
+    @torch.no_grad()
+    def end_candidate_epoch(self, rel_threshold: float = 0.0, abs_threshold: float = 0.0) -> dict:
+        """Close a dendrite-phase epoch: correlations, per-neuron improvement, best-weight snapshots.
+
+        Returns ``{"correlation": mean over neurons of the best candidate's |r| this epoch,
+        "improved": number of neurons whose best |r| beat their previous best by the thresholds}``.
+        """
+        stats = self.stats
+        corr = stats.epoch_correlation().abs()  # (C, N)
+        better = corr > stats.best_abs_corr * (1 + rel_threshold) + abs_threshold
+        separable = self.adapter.neuron_separable(self.main)
+        if not separable:  # whole copies compete: judge a copy by its mean over neurons
+            better = (corr.mean(1) > stats.best_abs_corr.mean(1) * (1 + rel_threshold) + abs_threshold)
+            better = better.unsqueeze(1).expand_as(corr)
+        improved_neurons = int(better.any(0).sum())
+        stats.best_abs_corr = torch.where(better, corr, stats.best_abs_corr)
+        self._store_best(better)
+        epoch_mean = float(corr.max(0).values.mean()) if corr.numel() else 0.0
+        stats.reset_epoch()
+        return {"correlation": epoch_mean, "improved": improved_neurons}
+
+    def _store_best(self, better: torch.Tensor) -> None:
+        """Copy the current weights of each (candidate, neuron) that just improved into the snapshot."""
+        for name, param in self.candidate_weights.items():
+            key = f"w.{name}"
+            cur = self.adapter.to_neuron_major(name, param.detach())
+            best = self.adapter.to_neuron_major(name, self._best_candidates[key])
+            mask = better.reshape(*better.shape, *([1] * (cur.dim() - 2)))
+            self._best_candidates[key] = self.adapter.from_neuron_major(name, torch.where(mask, cur, best), param)
+        self._best_candidates["cascade"] = torch.where(better.unsqueeze(1), self.candidate_cascade.detach(),
+                                                       self._best_candidates["cascade"])
+
+    @torch.no_grad()
+    def commit_candidates(self) -> dict:
+        """End a dendrite phase: the chosen candidate of each neuron becomes dendrite K+1.
+
+        Covariance candidates: per neuron, the candidate with the highest |correlation| (its weights from
+        the epoch of that correlation); its output weight starts at 0, so the network's function is
+        unchanged. Gradient candidates: the (single) candidate as it is, output weight included.
+        """
+        k, n, c = self.num_dendrites, self.num_neurons, self.num_candidates
+        if c == 0:
+            raise RuntimeError(f"layer '{self.layer_name}' has no candidates to commit")
+        if self.candidate_learning == "covariance":
+            score = self.stats.best_abs_corr
+            if not self.adapter.neuron_separable(self.main):
+                score = score.mean(1, keepdim=True).expand_as(score)
+            choice = score.argmax(0)  # (N,)
+            chosen_corr = score.gather(0, choice.unsqueeze(0)).squeeze(0)
+            new_weights = {}
+            for name, param in self.candidate_weights.items():
+                snap = self.adapter.to_neuron_major(name, self._best_candidates[f"w.{name}"])
+                picked = snap[choice, torch.arange(n, device=choice.device)]  # (N, ...)
+                new_weights[name] = self.adapter.from_neuron_major(name, picked.unsqueeze(0), param[:1])
+            cascade = self._best_candidates["cascade"][choice, :, torch.arange(n, device=choice.device)].T  # (K, N)
+            out = self._new(1, n)
+        else:
+            chosen_corr = None
+            new_weights = {name: p.detach()[:1].clone() for name, p in self.candidate_weights.items()}
+            cascade = self.candidate_cascade.detach()[0]
+            out = self.candidate_out.detach()[:1].clone()
+        for name, value in new_weights.items():
+            self.dendrite_weights[name] = _frozen(torch.cat([self.dendrite_weights[name].detach(), value]))
+        grown = self._new(k + 1, k + 1, n)
+        grown[:k, :k] = self.dendrite_cascade.detach()
+        grown[k, :k] = cascade
+        self.dendrite_cascade = _frozen(grown)
+        self.dendrite_out = nn.Parameter(torch.cat([self.dendrite_out.detach(), out]))
+        self.discard_candidates()
+        return {"layer": self.layer_name,
+                "mean_abs_correlation": None if chosen_corr is None else float(chosen_corr.mean())}
+
+    def add_random_dendrite(self) -> None:
+        """Append one freshly initialised dendrite with output weight 0 (the ``gd_joint`` variant)."""
+        self.add_candidates(1, "gradient")
+        self.commit_candidates()
+
+    def discard_candidates(self) -> None:
+        k, n = self.num_dendrites, self.num_neurons
+        for name, p in self.candidate_weights.items():
+            self.candidate_weights[name] = _frozen(self._new(0, *p.shape[1:]))
+        self.candidate_cascade = _frozen(self._new(0, k, n))
+        self.candidate_out = _frozen(self._new(0, n))
+        self.stats = None
+        self._best_candidates = None
+
+    def set_dendrites_trainable(self, weights: bool, output: bool) -> None:
+        for p in self.dendrite_weights.values():
+            p.requires_grad_(weights)
+        self.dendrite_cascade.requires_grad_(weights)
+        self.dendrite_out.requires_grad_(output)
+
+    def extra_repr(self) -> str:
+        return (f"neurons={self.num_neurons}, dendrites={self.num_dendrites}, candidates={self.num_candidates}, "
+                f"activation={self.activation}, perforated={self.perforated}")
