@@ -49,6 +49,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from experiments.errors import UserError
+
 SUMMARY_COLUMNS = [
     "benchmark", "variant", "seed", "metric", "original_val", "original_test", "max_val",
     "max_test", "dendrites", "params", "params_original", "epochs", "seconds", "improvement",
@@ -64,7 +66,7 @@ PRECISION_AT_1_METRICS = {"precision_at_1", "precision@1", "p@1"}
 CHANCE_PRECISION_AT_1 = 0.5
 
 
-class RunRecordError(ValueError):
+class RunRecordError(UserError, ValueError):
     """A run folder whose summary.json is missing, unreadable or does not follow the contract."""
 
 
@@ -250,12 +252,20 @@ def improvement_summary(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _file_mode() -> int:
+    """The permission bits a plain ``open(path, "w")`` would give under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_csv_atomic(df: pd.DataFrame, path: Path) -> Path:
     """Write ``df`` (no index) to ``path``: a temp file in the same folder, then os.replace."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; use the umask like open()
         with os.fdopen(fd, "w", newline="") as handle:
             df.to_csv(handle, index=False)
             handle.flush()

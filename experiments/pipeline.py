@@ -64,7 +64,10 @@ def aggregate(cfg: dict, benchmark: str, run_summaries: list[str] | None = None)
     write_csv_atomic(dendrite_counts(df), out["counts"])
     treatment = "pb" if "pb" in block["variants"] else None
     if treatment:
-        table = stats_table(df, comparisons(block["variants"], treatment), seed=0)
+        try:
+            table = stats_table(df, comparisons(block["variants"], treatment), seed=0)
+        except ValueError as exc:  # e.g. a seed finished for one variant only
+            raise UserError(f"{benchmark} statistics: {exc}") from None
     else:
         table = pd.DataFrame()
     write_csv_atomic(table, out["stats"])

@@ -24,6 +24,13 @@ CANDLE_OFFSET, CANDLE_WIDTH = 0.2, 0.32
 PAPER_LINE_COLORS = ("#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
 
 
+def _file_mode() -> int:
+    """The permission bits a plain ``open(path, "w")`` would give under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def save_figure_atomic(fig: Figure, out_pdf: Path, dpi: int = 150) -> tuple[Path, Path]:
     """Save ``fig`` as ``out_pdf`` and as the ``.png`` of the same stem, each atomically."""
     out_pdf = Path(out_pdf)
@@ -32,6 +39,7 @@ def save_figure_atomic(fig: Figure, out_pdf: Path, dpi: int = 150) -> tuple[Path
     for target, fmt in targets:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
+            os.chmod(tmp, _file_mode())  # mkstemp makes 0600; use the umask like open()
             with os.fdopen(fd, "wb") as handle:
                 fig.savefig(handle, format=fmt, dpi=dpi, bbox_inches="tight")
             os.replace(tmp, target)

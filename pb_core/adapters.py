@@ -218,8 +218,11 @@ class GRUAdapter(LayerAdapter):
         return module.hidden_size
 
     def neuron_separable(self, module: nn.GRU) -> bool:
-        # In a deeper GRU every output unit depends on all units of the layers below.
-        return module.num_layers == 1
+        # A copy runs its own recurrence over the sequence: from the second time step on, every output
+        # unit depends on all units of the copy (through W_hh, and the layers below in a deeper GRU), so
+        # rows of different candidates cannot be mixed per neuron. (A GRUCell is separable: its copies
+        # read the network's hidden state, not their own.)
+        return False
 
     def dendrite_inputs(self, args, kwargs):
         x = args[0] if args else kwargs["input"]

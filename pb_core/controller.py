@@ -403,14 +403,15 @@ class CycleController:
         over = policy.cycle_over(in_cycle, st.since_improvement)
         if st.phase == "dendrite" and self.cap_dendrite_phase and st.first_neuron_epochs:
             over = over or in_cycle >= st.first_neuron_epochs
-        if self.max_total_epochs is not None and st.epoch >= self.max_total_epochs and not over:
+        if over:
+            self._end_cycle()
+        # Checked after a switch too, so a cycle that ends at the limit does not start another epoch.
+        if not st.done and self.max_total_epochs is not None and st.epoch >= self.max_total_epochs:
             if st.phase == "dendrite":  # a half-trained dendrite is dropped, not committed
                 for layer in self.layers.values():
                     layer.discard_candidates()
                 st.phase = "neuron"
             return self._stop("max_total_epochs reached")
-        if over:
-            self._end_cycle()
 
     # ------------------------------------------------------------------ persistence
     def _save(self) -> None:

@@ -149,7 +149,11 @@ class DendriticLayer(nn.Module):
     def forward(self, *args, **kwargs):
         output = self.main(*args, **kwargs)
         k, c = self.num_dendrites, self.num_candidates
-        train_candidates = c > 0 and self.training and torch.is_grad_enabled()
+        # Covariance candidates only exist for their training signal; gradient candidates feed the output
+        # through their own output weight, so they are part of the network whenever present (evaluation
+        # included: the controller selects the phase's best epoch by validation).
+        train_candidates = c > 0 and (self.candidate_learning == "gradient"
+                                      or (self.training and torch.is_grad_enabled()))
         if k == 0 and not train_candidates:
             return output
         pre = self.adapter.pre_activation(self.main, output)

@@ -32,11 +32,16 @@ def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
         if isinstance(module, _OPAQUE_PARENTS):
             opaque.append(name)
             continue
-        if isinstance(module, DendriticLayer) or any(name.startswith(w + ".") for w, _ in found):
+        if any(name.startswith(w + ".") for w, _ in found):
             continue
-        if name and adapter_for(module) is not None:
+        # A layer wrapped earlier is still that layer (so wrapping again is a no-op); its children are not.
+        if name and (isinstance(module, DendriticLayer) or adapter_for(module) is not None):
             found.append((name, module))
     return found
+
+
+def _layer(module: nn.Module) -> nn.Module:
+    return module.main if isinstance(module, DendriticLayer) else module
 
 
 def select_layers(model: nn.Module, layers: str | Iterable = "all", head: str | None = None) -> list[str]:
@@ -70,11 +75,13 @@ def select_layers(model: nn.Module, layers: str | Iterable = "all", head: str | 
     chosen: list[str] = []
     for item in layers:
         if isinstance(item, type):
-            hits = [n for n, m in eligible if isinstance(m, item)]
+            hits = [n for n, m in eligible if isinstance(_layer(m), item)]
         elif isinstance(item, str):
-            hits = [n for n, m in modules.items() if n and fnmatch.fnmatchcase(n, item)]
+            wrapped = [n for n, m in eligible if isinstance(m, DendriticLayer)]
+            hits = [n for n, m in modules.items() if n and fnmatch.fnmatchcase(n, item)
+                    and not any(n.startswith(w + ".") for w in wrapped)]
             for n in hits:
-                if adapter_for(modules[n]) is None:
+                if adapter_for(_layer(modules[n])) is None:
                     raise TypeError(
                         f"layer '{n}' ({type(modules[n]).__name__}) matched {item!r} but pb_core has no adapter "
                         f"for {type(modules[n]).__name__}: subclass pb_core.LayerAdapter (implement "

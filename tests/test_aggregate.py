@@ -256,6 +256,9 @@ def test_write_csv_atomic_leaves_no_temp(tmp_path):
     write_csv_atomic(df.iloc[:1], out)  # overwrite
     assert len(pd.read_csv(out)) == 1
     assert os.listdir(tmp_path / "sub") == ["t.csv"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(out).st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
 
 
 def test_write_csv_atomic_failure_keeps_old_file(tmp_path, monkeypatch):
