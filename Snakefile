@@ -2,15 +2,28 @@
 #
 #   snakemake --cores 1 figures/tox21_auc.pdf                                  # paper protocol (50 seeds)
 #   snakemake --cores 2 --configfile config/quick.yaml figures/tox21_auc.pdf   # quick profile
-#   snakemake --cores 16 --resources gpu_slots=4 ...                           # 4 seeds share one GPU
+#   snakemake --cores 16 --resources gpu_slots=4 --config device=cuda ...      # 4 seeds share one GPU
 #
-# Wildcards: benchmark, variant, seed. Each rule has a log: and a benchmark: file under logs/.
-# A run is recomputed only when its own settings change (`params: settings` is the run's whole
-# configuration, seed_overrides included); everything it produced stays put otherwise.
+# Wildcards: benchmark, variant, seed. Every rule has a log: and a benchmark: file under logs/.
+#
+# What reruns, and what never does:
+# * A training run reruns only when its own settings change (params `settings` is the run's whole
+#   configuration, seed_overrides included). Rules are shell commands of `python -m experiments`, so
+#   editing the package's code never silently retrains 50 seeds (Snakemake reruns `script:` rules
+#   whenever the script file is newer than their outputs); use --forcerun train for that.
+# * Raw data is never a rule's output once it exists: the download rule only matches files missing from
+#   data_dir when the workflow is parsed, so a user's own copy (even with --forceall) is never
+#   deleted or overwritten.
+import json
+import re
+import shlex
+import sys
+from pathlib import Path
+
 from experiments import config as cfgmod
 from experiments.registry import get_benchmark
 
-configfile: "config/config.yaml"
+configfile: str(cfgmod.DEFAULT_CONFIG)  # absolute: also found when run with --directory
 cfgmod.validate(config, "Snakemake configuration (config/config.yaml + --configfile/--config)")
 
 DATA = config["data_dir"]
@@ -18,6 +31,13 @@ CACHE = config["cache_dir"]
 RESULTS = config["results_dir"]
 FIGURES = config["figures_dir"]
 LOGS = config["logs_dir"]
+# Each step is `python -m experiments <step> ... --config-json CONFIG`: the whole validated configuration,
+# so a step run by the pipeline sees exactly what a step run by hand with the same files would.
+EXPERIMENTS = f"{shlex.quote(sys.executable)} -m experiments"
+CONFIG_JSON = json.dumps(config, sort_keys=True)
+MISSING_RAW = sorted({Path(f.name).name for b in config["benchmarks"] for f in get_benchmark(b).raw_files()
+                      if not (Path(DATA) / f.name).exists()})
+
 
 wildcard_constraints:
     benchmark="[a-z0-9_]+",
@@ -51,12 +71,16 @@ rule all:
 rule download:
     output:
         f"{DATA}/{{benchmark}}/{{filename}}",
+    wildcard_constraints:
+        # Only files missing when the workflow was parsed; "(?!)" matches nothing.
+        filename="|".join(map(re.escape, MISSING_RAW)) or "(?!)",
     log:
         f"{LOGS}/download/{{benchmark}}_{{filename}}.log",
     benchmark:
         f"{LOGS}/download/{{benchmark}}_{{filename}}.benchmark.tsv"
-    script:
-        "workflow/scripts/download.py"
+    shell:
+        "{EXPERIMENTS} download {wildcards.benchmark} --file {wildcards.filename:q} "
+        "--config-json {CONFIG_JSON:q} > {log:q} 2>&1"
 
 
 rule prepare:
@@ -68,13 +92,14 @@ rule prepare:
         f"{LOGS}/prepare/{{benchmark}}.log",
     benchmark:
         f"{LOGS}/prepare/{{benchmark}}.benchmark.tsv"
-    script:
-        "workflow/scripts/prepare.py"
+    shell:
+        "{EXPERIMENTS} prepare {wildcards.benchmark} --config-json {CONFIG_JSON:q} > {log:q} 2>&1"
 
 
 rule train:
     input:
-        prepared=f"{CACHE}/{{benchmark}}/prepared.pt",
+        # ancient: featurising again (same data, newer file) must not retrain every seed.
+        prepared=ancient(f"{CACHE}/{{benchmark}}/prepared.pt"),
         reference=reference_run,
     output:
         f"{RESULTS}/{{benchmark}}/{{variant}}/seed{{seed}}/summary.json",
@@ -87,8 +112,9 @@ rule train:
     threads: config["torch_threads"]
     resources:
         gpu_slots=1,
-    script:
-        "workflow/scripts/train.py"
+    shell:
+        "{EXPERIMENTS} run {wildcards.benchmark} --variant {wildcards.variant} --seed {wildcards.seed} "
+        "--threads {threads} --config-json {CONFIG_JSON:q} > {log:q} 2>&1"
 
 
 rule aggregate:
@@ -102,8 +128,8 @@ rule aggregate:
         f"{LOGS}/aggregate/{{benchmark}}.log",
     benchmark:
         f"{LOGS}/aggregate/{{benchmark}}.benchmark.tsv"
-    script:
-        "workflow/scripts/aggregate.py"
+    shell:
+        "{EXPERIMENTS} aggregate {wildcards.benchmark} --config-json {CONFIG_JSON:q} > {log:q} 2>&1"
 
 
 rule figure:
@@ -112,9 +138,12 @@ rule figure:
     output:
         pdf=f"{FIGURES}/{{benchmark}}_{{metric}}.pdf",
         png=f"{FIGURES}/{{benchmark}}_{{metric}}.png",
+    params:
+        figure=lambda w: config["benchmarks"][w.benchmark]["figure"],
     log:
         f"{LOGS}/figure/{{benchmark}}_{{metric}}.log",
     benchmark:
         f"{LOGS}/figure/{{benchmark}}_{{metric}}.benchmark.tsv"
-    script:
-        "workflow/scripts/figure.py"
+    shell:
+        "{EXPERIMENTS} figure {wildcards.benchmark} --metric {wildcards.metric} "
+        "--config-json {CONFIG_JSON:q} > {log:q} 2>&1"

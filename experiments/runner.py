@@ -58,13 +58,18 @@ def seed_everything(seed: int) -> None:
 
 
 def matched_cycles(results_dir: Path, benchmark: str, seed: int, reference: str = "pb") -> list[int]:
-    """Cycle lengths (epochs) of the reference run of the same seed, for the compute-matched baseline."""
+    """Epochs of each cycle of the reference run of the same seed, for the compute-matched baseline.
+
+    Read from its ``epochs.csv``, so a last cycle cut short (max_total_epochs) counts too: the control
+    trains exactly as many epochs as the reference, restarting its schedule wherever the reference switched.
+    """
     ref = run_dir(results_dir, benchmark, reference, seed)
     if not (ref / "summary.json").is_file():
         raise UserError(f"baseline_matched for seed {seed} needs the finished {reference} run in {ref}; "
                         f"run it first: {rerun_command(benchmark, reference, seed)}")
-    with open(ref / "cycles.csv", newline="") as f:
-        return [int(row["epochs"]) for row in csv.DictReader(f)]
+    with open(ref / "epochs.csv", newline="") as f:
+        cycles = [int(row["cycle"]) for row in csv.DictReader(f)]
+    return [cycles.count(c) for c in sorted(set(cycles))]
 
 
 def _prepare_folder(out: Path, settings: dict) -> bool:
@@ -137,7 +142,8 @@ def train_run(settings: dict, *, data_dir: Path, cache_dir: Path, results_dir: P
             exp.model, core_variant, optimizer_factory=exp.optimizer_factory,
             scheduler_factory=exp.scheduler_factory, neuron_switch=switch(pb["neuron_patience"]),
             dendrite_switch=switch(pb["dendrite_patience"]), candidates=pb["candidates"],
-            max_dendrites=pb["max_dendrites"], cap_dendrite_phase=pb["cap_dendrite_phase"], mode=bench.mode,
+            max_dendrites=pb["max_dendrites"], cap_dendrite_phase=pb["cap_dendrite_phase"],
+            dendrite_improvement=pb["dendrite_improvement"], mode=bench.mode,
             layers=pb["layers"], head=exp.head, activation=pb["activation"],
             baseline_cycles=settings.get("matched_cycles"),
             max_total_epochs=None if variant == "baseline_matched" else pb["max_total_epochs"],
@@ -157,7 +163,7 @@ def train_run(settings: dict, *, data_dir: Path, cache_dir: Path, results_dir: P
         handler.close()
 
 
-def train_from_config(cfg: dict, benchmark: str, variant: str, seed: int) -> dict:
+def train_from_config(cfg: dict, benchmark: str, variant: str, seed: int, threads: int | None = None) -> dict:
     return train_run(cfgmod.run_config(cfg, benchmark, variant, seed), data_dir=Path(cfg["data_dir"]),
                      cache_dir=Path(cfg["cache_dir"]), results_dir=Path(cfg["results_dir"]),
-                     device=cfg["device"], download=cfg["download"], threads=cfg["torch_threads"])
+                     device=cfg["device"], download=cfg["download"], threads=threads or cfg["torch_threads"])

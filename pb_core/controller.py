@@ -88,6 +88,7 @@ class _State:
     cycle_start: int = 0            # epoch index at which the current cycle began
     since_improvement: int = 0
     patience_reference: float | None = None
+    layer_correlation_best: dict = field(default_factory=dict)  # dendrite phase, "layer" criterion
     cycle_best: dict | None = None  # the cycle's strictly best epoch row
     previous_neuron_best: float | None = None
     first_neuron_epochs: int | None = None
@@ -142,6 +143,12 @@ class CycleController:
         candidates: candidate dendrites per neuron (C).
         max_dendrites: stop after the neuron cycle that has this many dendrites.
         cap_dendrite_phase: cap every dendrite phase at the length of the first neuron phase.
+        dendrite_improvement: what counts as progress in a covariance dendrite phase (patience resets):
+            ``"neuron"`` (SPEC wording): some neuron's best candidate raised its best |correlation| by
+            more than the thresholds; ``"layer"``: some layer's mean over its neurons of the best
+            candidate's |correlation| this epoch beat that layer's best epoch mean by more than the
+            thresholds. With thousands of neurons, per-neuron records set by sampling noise alone keep
+            "neuron" going for ever; the layer mean averages that noise away.
         mode: "max" if a higher validation score is better, "min" otherwise.
         layers / head / activation: override the variant's layer preset, name the output layer, choose g.
         baseline_cycles: for a dendrite-free variant, run neuron cycles of exactly these lengths, each
@@ -157,6 +164,7 @@ class CycleController:
                  optimizer_factory: Callable, scheduler_factory: Callable | None = None,
                  neuron_switch: SwitchPolicy | None = None, dendrite_switch: SwitchPolicy | None = None,
                  candidates: int = 1, max_dendrites: int | None = None, cap_dendrite_phase: bool = False,
+                 dendrite_improvement: str = "neuron",
                  mode: str = "max", layers=None, head: str | None = None, activation: str = "sigmoid",
                  baseline_cycles: list[int] | None = None, candidate_optimizer_factory: Callable | None = None,
                  scheduler_step: Callable = default_scheduler_step, max_total_epochs: int | None = None,
@@ -164,6 +172,8 @@ class CycleController:
                  summary_extra: dict | None = None):
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        if dendrite_improvement not in ("neuron", "layer"):
+            raise ValueError(f"dendrite_improvement must be 'neuron' or 'layer', got {dendrite_improvement!r}")
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
         self.model = model
@@ -180,6 +190,7 @@ class CycleController:
         self.candidates = candidates
         self.max_dendrites = max_dendrites
         self.cap_dendrite_phase = cap_dendrite_phase
+        self.dendrite_improvement = dendrite_improvement
         self.mode = mode
         self.baseline_cycles = list(baseline_cycles) if baseline_cycles else None
         self.scheduler_step = scheduler_step
@@ -217,7 +228,8 @@ class CycleController:
         return {"variant": self.variant.name, "layers": self.layer_names, "candidates": self.candidates,
                 "max_dendrites": self.max_dendrites, "mode": self.mode,
                 "neuron_switch": asdict(self.neuron_switch), "dendrite_switch": asdict(self.dendrite_switch),
-                "cap_dendrite_phase": self.cap_dendrite_phase, "baseline_cycles": self.baseline_cycles}
+                "cap_dendrite_phase": self.cap_dendrite_phase, "dendrite_improvement": self.dendrite_improvement,
+                "baseline_cycles": self.baseline_cycles}
 
     def fit(self, train_epoch: Callable, evaluate: Callable, resume: bool = True) -> dict:
         """Train until the stopping rule fires; return the run summary. The model ends as the best one."""
@@ -278,6 +290,7 @@ class CycleController:
         st.cycle_start = st.epoch
         st.since_improvement = 0
         st.patience_reference = None
+        st.layer_correlation_best = {}
         if phase == "dendrite":
             for layer in self.layers.values():
                 layer.add_candidates(self.candidates, self._learning())
@@ -353,13 +366,13 @@ class CycleController:
         self.model.train()
         loss = float(train_epoch(self.model, self.optimizer))
         covariance_phase = st.phase == "dendrite" and self._learning() == "covariance"
-        correlation, improved_neurons = None, 0
+        correlation, progress = None, False
         if covariance_phase:
             policy = self.dendrite_switch
             per_layer = {name: layer.end_candidate_epoch(policy.rel_threshold, policy.abs_threshold)
                          for name, layer in self.layers.items()}
             correlation = float(np.mean([r["correlation"] for r in per_layer.values()]))
-            improved_neurons = sum(r["improved"] for r in per_layer.values())
+            progress = self._dendrite_progress(per_layer, policy)
             for name, r in per_layer.items():
                 st.correlation_rows.append({"epoch": st.epoch, "cycle": st.cycle, "layer": name,
                                             "correlation": r["correlation"]})
@@ -381,7 +394,7 @@ class CycleController:
 
         policy = self._current_policy()
         if covariance_phase:
-            st.since_improvement = 0 if improved_neurons else st.since_improvement + 1
+            st.since_improvement = 0 if progress else st.since_improvement + 1
         else:
             if policy.improved(scores.val, st.patience_reference, self.mode):
                 st.patience_reference = scores.val
@@ -412,6 +425,18 @@ class CycleController:
                     layer.discard_candidates()
                 st.phase = "neuron"
             return self._stop("max_total_epochs reached")
+
+    def _dendrite_progress(self, per_layer: dict, policy: SwitchPolicy) -> bool:
+        """Did this dendrite-phase epoch improve the candidates (see ``dendrite_improvement``)?"""
+        if self.dendrite_improvement == "neuron":
+            return any(r["improved"] for r in per_layer.values())
+        best = self.state.layer_correlation_best
+        progress = False
+        for name, r in per_layer.items():
+            if policy.improved(r["correlation"], best.get(name), "max"):
+                best[name] = r["correlation"]
+                progress = True
+        return progress
 
     # ------------------------------------------------------------------ persistence
     def _save(self) -> None:

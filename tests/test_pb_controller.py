@@ -145,6 +145,29 @@ def test_dendrite_phase_patience_counts_improving_neurons(monkeypatch):
     assert [r["correlation"] for r in ctl.state.rows if r["phase"] == "dendrite"] == [0.5] * 5
 
 
+def test_dendrite_phase_patience_on_layer_mean_correlation(monkeypatch):
+    # fc1's epoch mean |r| improves by more than 10% twice, then only by noise-sized steps; fc2 never
+    # improves after its first epoch. Every epoch some neuron "improves", which "layer" ignores.
+    means = {"fc1": iter([0.10, 0.20, 0.21, 0.30, 0.31, 0.32, 0.325, 9.0]), "fc2": iter([0.5] * 8)}
+
+    def fake_end_epoch(self, rel_threshold=0.0, abs_threshold=0.0):
+        self.stats.reset_epoch()
+        return {"correlation": next(means[self.layer_name]), "improved": 5}
+
+    monkeypatch.setattr(DendriticLayer, "end_candidate_epoch", fake_end_epoch)
+    ctl, script, summary, model = scripted_run(
+        "pb", [1, 2, 3, 4], neuron_switch=SwitchPolicy(fixed_epochs=2),
+        dendrite_switch=SwitchPolicy(patience=2, rel_threshold=0.1), max_dendrites=1,
+        dendrite_improvement="layer")
+    # progress at dendrite epochs 0 (first), 1 (0.2 > 0.11), 3 (0.30 > 0.22); none at 4, 5: ends after 5
+    assert phases(ctl) == "NN" + "D" * 6 + "NN"
+    assert [r["correlation"] for r in ctl.state.rows if r["phase"] == "dendrite"] == pytest.approx(
+        [0.3, 0.35, 0.355, 0.4, 0.405, 0.41])
+    with pytest.raises(ValueError, match="dendrite_improvement"):
+        CycleController(Tiny(), "pb", optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.1),
+                        dendrite_improvement="epoch")
+
+
 def test_cap_dendrite_phase_at_first_neuron_phase_length(monkeypatch):
     monkeypatch.setattr(DendriticLayer, "end_candidate_epoch",
                         lambda self, rel_threshold=0.0, abs_threshold=0.0: {"correlation": 0.1, "improved": 1})

@@ -58,7 +58,7 @@ class Tox21Benchmark:
                 loss = masked_class_weighted_loss(model(batch), batch.y, batch.y_mask, weights)
                 loss.backward()
                 optimizer.step()
-                total += float(loss)
+                total += loss.item()
                 batches += 1
             return total / max(batches, 1)
 

@@ -1,0 +1,111 @@
+#!/usr/bin/env python
+"""Seconds per epoch of TrimNet on the real Tox21 data: baseline, dendrite phases, neuron phases with K dendrites.
+
+The configurations are built exactly as a `pb` run of the suite builds them (same data, split, model,
+optimizer and training loop: ``experiments.tox21.benchmark``), with K dendrites added by the library's
+own ``add_candidates(1)`` + ``commit_candidates()`` on every wrapped layer (their values do not change
+the cost). One epoch = one pass over the training split plus scoring train, validation and test (the
+scoring is what a neuron epoch adds to the training pass; a covariance dendrite epoch skips it, as the
+controller does). Epochs of all configurations alternate (interleaved repeats), and the median is printed.
+
+    python benchmarks/tox21_epoch_times.py --data-dir ../shared/data [--device cpu|cuda] [--threads 1]
+                                           [--repeats 3] [--max-k 2]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+import torch  # noqa: E402
+
+import pb_core  # noqa: E402
+from experiments import config as cfgmod  # noqa: E402
+from experiments.tox21.benchmark import BENCHMARK  # noqa: E402
+
+
+def build(settings: dict, prepared: Path, device: str, dendrites: int, phase: str):
+    exp = BENCHMARK.build(settings, prepared, device)
+    variant = "baseline" if phase == "baseline" else "pb"
+    ctl = pb_core.CycleController(exp.model, variant, optimizer_factory=exp.optimizer_factory, head=exp.head)
+    for _ in range(dendrites):
+        for layer in ctl.layers.values():
+            layer.add_candidates(1)
+            layer.commit_candidates()
+    if phase == "dendrite":
+        ctl.state.phase = "dendrite"
+        for layer in ctl.layers.values():
+            layer.add_candidates(1)
+    ctl._configure_phase()  # trainable flags, perforation, a fresh optimizer: as in a real run
+    return exp, ctl
+
+
+def one_epoch(exp, ctl, phase: str, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    ctl.model.train()
+    exp.train_epoch(ctl.model, ctl.optimizer)
+    if phase == "dendrite":
+        for layer in ctl.layers.values():
+            layer.end_candidate_epoch()
+    else:
+        with torch.no_grad():
+            exp.evaluate(ctl.model)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default="data", help="folder holding tox21/tox21.csv.gz")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-k", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=None, help="first N molecules only (a quick check)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    cfg = cfgmod.load_config(overrides=[f"data_dir={args.data_dir}", "download=false"])
+    settings = cfgmod.run_config(cfg, "tox21", "pb", 0)
+    settings["limit"] = args.limit
+    with tempfile.TemporaryDirectory() as cache:
+        prepared = BENCHMARK.prepare(settings, Path(args.data_dir), Path(cache), download=False)
+        configs = [("baseline", 0, "baseline")]
+        for k in range(args.max_k + 1):
+            configs.append((f"dendrite phase K={k}", k, "dendrite"))
+            if k:
+                configs.append((f"neuron phase K={k}", k, "neuron"))
+        built = {}
+        for name, k, phase in configs:
+            torch.manual_seed(0)
+            built[name] = (*build(settings, prepared, args.device, k, phase), phase)
+        times: dict[str, list[float]] = {name: [] for name, _, _ in configs}
+        for name, (exp, ctl, phase) in built.items():  # warm-up: first epochs allocate and compile
+            one_epoch(exp, ctl, phase, args.device)
+        for repeat in range(args.repeats):
+            for name, (exp, ctl, phase) in built.items():
+                times[name].append(one_epoch(exp, ctl, phase, args.device))
+            print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
+
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {args.threads} thread(s)"
+    print(f"TrimNet on Tox21 ({args.limit or 'all'} molecules), {device}, torch {torch.__version__}, "
+          f"median of {args.repeats} epochs after one warm-up epoch")
+    base = statistics.median(times["baseline"])
+    print(f"{'configuration':24s} {'params':>9s} {'s/epoch':>8s} {'x baseline':>10s}")
+    for name, (exp, ctl, phase) in built.items():
+        med = statistics.median(times[name])
+        print(f"{name:24s} {pb_core.count_parameters(ctl.model):9,d} {med:8.2f} {med / base:10.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
