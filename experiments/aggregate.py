@@ -11,11 +11,7 @@ plots read). This module turns a list of run folders into
 and writes every table with ``write_csv_atomic``. A run whose ``summary.json`` is missing or
 malformed is an error that names the file and the command that re-runs it; it is never skipped.
 
-Command line (what the Snakefile calls)::
-
-    python -m experiments.aggregate --benchmark tox21 --runs results/tox21/*/seed* \
-        --out-summary results/tox21/summary.csv --out-counts results/tox21/dendrite_counts.csv \
-        --out-stats results/tox21/stats.csv --treatment pb --control baseline
+Command line (what the Snakefile calls): ``python -m experiments aggregate tox21``.
 
 Improvement formulas (SPEC section 2, paper section 5.1), ``o`` = original score (first neuron
 cycle), ``m`` = max score (test score at the epoch of the best validation score of the run):
@@ -37,19 +33,18 @@ the within-run comparison, which is what ``improvement_summary`` reports.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import re
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from experiments.errors import UserError
+from pb_core.records import atomic_write_text
+
+from .config import rerun_command
+from .errors import UserError
 
 SUMMARY_COLUMNS = [
     "benchmark", "variant", "seed", "metric", "original_val", "original_test", "max_val",
@@ -70,10 +65,6 @@ class RunRecordError(UserError, ValueError):
     """A run folder whose summary.json is missing, unreadable or does not follow the contract."""
 
 
-def rerun_command(benchmark, variant, seed) -> str:
-    return f"python -m experiments run {benchmark} --variant {variant} --seed {seed}"
-
-
 def _ids_from_path(run_dir: Path) -> tuple[str, str, str]:
     """(benchmark, variant, seed) guessed from ``.../<benchmark>/<variant>/seed<seed>``."""
     parts = run_dir.resolve().parts
@@ -86,7 +77,7 @@ def _ids_from_path(run_dir: Path) -> tuple[str, str, str]:
 def _fail(path: Path, problem: str, ids: tuple) -> RunRecordError:
     return RunRecordError(
         f"{path}: {problem}. Fix: re-run that seed with `{rerun_command(*ids)}` "
-        f"(or leave the folder out of --runs)."
+        f"(or take the seed out of the configuration)."
     )
 
 
@@ -252,76 +243,7 @@ def improvement_summary(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _file_mode() -> int:
-    """The permission bits a plain ``open(path, "w")`` would give under the current umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def write_csv_atomic(df: pd.DataFrame, path: Path) -> Path:
-    """Write ``df`` (no index) to ``path``: a temp file in the same folder, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; use the umask like open()
-        with os.fdopen(fd, "w", newline="") as handle:
-            df.to_csv(handle, index=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def main(argv: list[str] | None = None) -> int:
-    from experiments.stats import default_comparisons, stats_table
-
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.aggregate",
-        description="Aggregate finished runs of one benchmark into summary, dendrite-count and stats tables.")
-    parser.add_argument("--benchmark", required=True)
-    parser.add_argument("--runs", nargs="+", required=True, type=Path,
-                        help="run folders results/<benchmark>/<variant>/seed<seed>")
-    parser.add_argument("--out-summary", type=Path, required=True)
-    parser.add_argument("--out-counts", type=Path)
-    parser.add_argument("--out-stats", type=Path)
-    parser.add_argument("--out-improvement", type=Path)
-    parser.add_argument("--treatment", default="pb")
-    parser.add_argument("--control", default=None,
-                        help="variant to compare the treatment with (e.g. baseline); "
-                             "without it only the within-run comparisons are made")
-    parser.add_argument("--allow-unpaired", action="store_true",
-                        help="drop seeds present in only one variant (with a warning) instead of failing")
-    parser.add_argument("--bootstrap-seed", type=int, default=0)
-    args = parser.parse_args(argv)
-
-    try:
-        df = load_summaries(args.runs, benchmark=args.benchmark)
-    except (RunRecordError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    write_csv_atomic(df, args.out_summary)
-    if args.out_counts:
-        write_csv_atomic(dendrite_counts(df), args.out_counts)
-    if args.out_improvement:
-        write_csv_atomic(improvement_summary(df), args.out_improvement)
-    if args.out_stats:
-        comparisons = default_comparisons(args.treatment, args.control)
-        try:
-            table = stats_table(df, comparisons, seed=args.bootstrap_seed,
-                                allow_unpaired=args.allow_unpaired)
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        write_csv_atomic(table, args.out_stats)
-    print(f"{args.benchmark}: {len(df)} runs of variants {sorted(df['variant'].unique())} aggregated")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    """Write ``df`` (no index) to ``path`` atomically (see :func:`pb_core.records.atomic_write_bytes`)."""
+    atomic_write_text(Path(path), df.to_csv(index=False))
+    return Path(path)

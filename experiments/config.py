@@ -119,5 +119,10 @@ def run_config(cfg: dict, benchmark: str, variant: str, seed: int) -> dict:
     return {"benchmark": benchmark, "variant": variant, "seed": int(seed), **settings}
 
 
+def rerun_command(benchmark: str, variant: str, seed) -> str:
+    """The command that trains (or resumes) one run by hand."""
+    return f"python -m experiments run {benchmark} --variant {variant} --seed {seed}"
+
+
 def canonical_json(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))

@@ -9,8 +9,7 @@ gids ``box:<variant>:<original|max>``, ``wick:...`` and ``mean:...`` so tests ca
 """
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
 import numpy as np
@@ -19,35 +18,22 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
+from pb_core.records import atomic_write_bytes
+
 CANDLE_KINDS = (("original", "original_test", "#b0b0b0"), ("max", "max_test", "#1f77b4"))
 CANDLE_OFFSET, CANDLE_WIDTH = 0.2, 0.32
 PAPER_LINE_COLORS = ("#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
 
 
-def _file_mode() -> int:
-    """The permission bits a plain ``open(path, "w")`` would give under the current umask."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def save_figure_atomic(fig: Figure, out_pdf: Path, dpi: int = 150) -> tuple[Path, Path]:
     """Save ``fig`` as ``out_pdf`` and as the ``.png`` of the same stem, each atomically."""
     out_pdf = Path(out_pdf)
-    out_pdf.parent.mkdir(parents=True, exist_ok=True)
-    targets = [(out_pdf.with_suffix(".pdf"), "pdf"), (out_pdf.with_suffix(".png"), "png")]
-    for target, fmt in targets:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            os.chmod(tmp, _file_mode())  # mkstemp makes 0600; use the umask like open()
-            with os.fdopen(fd, "wb") as handle:
-                fig.savefig(handle, format=fmt, dpi=dpi, bbox_inches="tight")
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-    return targets[0][0], targets[1][0]
+    targets = (out_pdf.with_suffix(".pdf"), out_pdf.with_suffix(".png"))
+    for target in targets:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=target.suffix[1:], dpi=dpi, bbox_inches="tight")
+        atomic_write_bytes(target, buf.getvalue())
+    return targets
 
 
 def _draw_candle(ax, x: float, values: np.ndarray, color: str, gid: str) -> None:

@@ -20,6 +20,7 @@ import torch
 import pb_core
 
 from . import config as cfgmod
+from .config import rerun_command
 from .errors import ConfigError, UserError
 from .registry import get_benchmark
 
@@ -37,10 +38,6 @@ def read_json(path: Path) -> dict:
 
 def run_dir(results_dir: Path, benchmark: str, variant: str, seed: int) -> Path:
     return Path(results_dir) / benchmark / variant / f"seed{seed}"
-
-
-def rerun_command(benchmark: str, variant: str, seed: int) -> str:
-    return f"python -m experiments run {benchmark} --variant {variant} --seed {seed}"
 
 
 def resolve_device(device: str) -> str:

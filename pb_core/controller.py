@@ -16,7 +16,6 @@ every epoch end so that a killed run resumes to the same records.
 from __future__ import annotations
 
 import copy
-import io
 import logging
 import random
 import time
@@ -454,14 +453,10 @@ class CycleController:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "rng": _rng_state(),
         }
-        buf = io.BytesIO()
-        torch.save(checkpoint, buf)
-        records.atomic_write_bytes(self.checkpoint_path, buf.getvalue())
+        records.atomic_torch_save(checkpoint, self.checkpoint_path)
         if st.done:
             records.write_json(self.out_dir / "summary.json", self.summary())
-            buf = io.BytesIO()
-            torch.save(_snapshot(self.model), buf)
-            records.atomic_write_bytes(self.out_dir / "model.pt", buf.getvalue())
+            records.atomic_torch_save(_snapshot(self.model), self.out_dir / "model.pt")
 
     def _load_checkpoint(self, path: Path) -> None:
         try:

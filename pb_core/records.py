@@ -24,12 +24,25 @@ CYCLE_COLUMNS = ["cycle", "phase", "dendrites", "params", "epochs", "best_epoch"
 CORRELATION_COLUMNS = ["epoch", "cycle", "layer", "correlation"]
 
 
+def _default_file_mode() -> int:
+    """The permission bits a plain ``open(path, "w")`` gives under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part."""
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a part.
+
+    The bytes go to a temporary file in the same folder (so the final rename stays on one file system),
+    are flushed to disk, and replace ``path`` with :func:`os.replace`; on any error the temporary file
+    is removed and ``path`` is left as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _default_file_mode())  # mkstemp makes 0600
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -38,6 +51,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """:func:`torch.save` ``obj`` to ``path`` atomically."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -273,21 +273,19 @@ def test_write_csv_atomic_failure_keeps_old_file(tmp_path, monkeypatch):
     assert pd.read_csv(out).a.tolist() == [1]
 
 
-def test_cli_writes_tables(runs, tmp_path, capsys):
+def test_cli_aggregate_writes_tables_and_names_a_broken_run(runs, tmp_path, capsys):
+    from experiments.__main__ import main
+
+    args = ["aggregate", "tox21", "--set", f"results_dir={tmp_path / 'results'}",
+            "--set", "benchmarks.tox21.seeds=[1, 2, 3, 4]", "--set", "benchmarks.tox21.variants=[baseline, pb]"]
+    assert main(args) == 0
     out = tmp_path / "results" / "tox21"
-    rc = aggregate.main(["--benchmark", "tox21", "--runs", *map(str, runs),
-                         "--out-summary", str(out / "summary.csv"),
-                         "--out-counts", str(out / "dendrite_counts.csv"),
-                         "--out-stats", str(out / "stats.csv"),
-                         "--treatment", "pb", "--control", "baseline"])
-    assert rc == 0
     assert len(pd.read_csv(out / "summary.csv")) == 8
     counts = pd.read_csv(out / "dendrite_counts.csv")
     assert counts[counts.variant == "pb"].runs.tolist() == [1, 0, 2, 0, 0, 1]
     assert pd.read_csv(out / "stats.csv").comparison.tolist()[0] == "pb max - baseline max"
     assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
     (runs[1] / "summary.json").write_text("")
-    rc = aggregate.main(["--benchmark", "tox21", "--runs", *map(str, runs),
-                         "--out-summary", str(out / "summary.csv")])
-    assert rc == 2
-    assert str(runs[1] / "summary.json") in capsys.readouterr().err
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert str(runs[1] / "summary.json") in err and "python -m experiments run tox21 --variant baseline --seed 1" in err

@@ -10,11 +10,8 @@
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import os
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -24,6 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pb_core.records import atomic_torch_save
+
+from ..download import file_digest
 from ..errors import DataError
 from . import features  # called as features.smiles_to_data so tests can replace it
 
@@ -78,14 +78,6 @@ def load_csv(path: Path) -> pd.DataFrame:
     return df
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 16), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def featurise(csv_path: Path, cache_path: Path, limit: int | None = None) -> tuple[list, dict]:
     """Graphs of the first ``limit`` (default: all) molecules, featurised once and cached.
 
@@ -104,7 +96,7 @@ def featurise(csv_path: Path, cache_path: Path, limit: int | None = None) -> tup
         raise ValueError(f"limit must be a positive number of molecules or None, got {limit}")
     if not csv_path.is_file():
         load_csv(csv_path)  # raises the DataError with the fix
-    source_sha = sha256_of(csv_path)
+    source_sha = file_digest(csv_path, "sha256")
     cached = _load_cache(cache_path, source_sha, limit)
     if cached is not None:
         stats = dict(cached["stats"], from_cache=True)
@@ -141,7 +133,7 @@ def featurise(csv_path: Path, cache_path: Path, limit: int | None = None) -> tup
                     shown, " ..." if len(skipped) > 10 else "")
     log.info("tox21: featurised %d molecules in %.1f s (%d without bonds); cache: %s",
              len(graphs), seconds, stats["no_bonds"], cache_path)
-    _save_atomic({"format": CACHE_FORMAT, "featuriser_version": features.FEATURISER_VERSION,
+    atomic_torch_save({"format": CACHE_FORMAT, "featuriser_version": features.FEATURISER_VERSION,
                   "source_sha256": source_sha, "source": str(csv_path), "limit": limit,
                   "tasks": list(TASKS), "stats": stats, "graphs": graphs}, cache_path)
     return graphs, stats
@@ -178,19 +170,6 @@ def _load_cache(cache_path: Path, source_sha: str, limit: int | None) -> dict | 
         log.info("tox21: cache %s is stale (%s); featurising again", cache_path, "; ".join(why))
         return None
     return cached
-
-
-def _save_atomic(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def split_indices(n: int, seed: int, fractions: Sequence[float] = (0.8, 0.1, 0.1)
