@@ -131,7 +131,7 @@ def train_run(settings: dict, *, data_dir: Path, cache_dir: Path, results_dir: P
         exp = bench.build(settings, prepared, device)
         pb = settings["pb"]
         switch = lambda patience: pb_core.SwitchPolicy(  # noqa: E731
-            patience=patience, fixed_epochs=pb.get("fixed_cycle_epochs"),
+            patience=patience, fixed_epochs=pb.get("fixed_cycle_epochs"), max_epochs=pb.get("max_cycle_epochs"),
             rel_threshold=pb["rel_threshold"], abs_threshold=pb["abs_threshold"])
         core_variant = "baseline" if variant == "baseline_matched" else variant
         label = f"{benchmark}/{variant}/seed{seed}"
