@@ -30,11 +30,7 @@ iterations in turn (interleaved, so load from other processes hits all of them a
 over repeats of the per-repeat ratio to the reference (both timed in the same repeat).
 
     python benchmarks/pb_overhead.py [--device cpu|cuda] [--repeats 7] [--batches 10] [--threads 2]
-                                     [--out results.csv] [--patched [all|covariance_gradient|dendrite_forward]]
-                                     [--no-memory]
-
-``--patched`` measures the proposed pb_core speed-ups of benchmarks/pb_patches.py (monkeypatched in
-this process after an equivalence check; pb_core on disk is untouched).
+                                     [--out results.csv] [--no-memory]
 """
 from __future__ import annotations
 
@@ -52,7 +48,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -63,11 +58,6 @@ import pb_core  # noqa: E402
 NUM_CLASSES = 47
 TRAIN_BATCH = 64
 TARGET = 1.15
-PATCHES = ("covariance_gradient", "dendrite_forward")
-
-
-def patch_list(choice: str | None) -> tuple:
-    return () if choice is None else (PATCHES if choice == "all" else (choice,))
 
 
 class MnistNet(nn.Module):
@@ -217,9 +207,6 @@ def memory_child(spec: dict) -> dict:
     is not allowed it falls back to ru_maxrss and says whether the peak fell inside the steps.
     """
     torch.set_num_threads(spec["threads"])
-    if spec.get("patched"):
-        import pb_patches
-        pb_patches.apply(patch_list(spec["patched"]))
     cfg = Config(spec["section"], spec["kind"], spec["k"], spec["c"], spec["batch"], spec["device"])
     gc.collect()
     if spec["device"].startswith("cuda"):
@@ -274,7 +261,7 @@ def machine_line(args) -> str:
         dev = f"{dev} ({torch.cuda.get_device_name()})"
     return (f"machine: {cpu}; device {dev}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
             f"repeats {args.repeats}; iterations/repeat: train {args.batches}, infer b100 {args.batches}, "
-            f"infer b1 {args.batches * 10}; warm-up {args.warmup}; pb_core {'PATCHED (pb_patches: ' + ', '.join(patch_list(args.patched)) + ')' if args.patched else 'as on disk'}")
+            f"infer b1 {args.batches * 10}; warm-up {args.warmup}")
 
 
 def main(argv=None):
@@ -288,9 +275,6 @@ def main(argv=None):
     ap.add_argument("--candidates", type=int, default=1, help="C, candidates per neuron in the dendrite phase")
     ap.add_argument("--out", type=Path, default=None, help="CSV with every measurement")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory subprocesses")
-    ap.add_argument("--patched", nargs="?", const="all", default=None, choices=["all", *PATCHES],
-                    help="measure with the proposed pb_core fixes of benchmarks/pb_patches.py applied "
-                         "(all, or one of them)")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -300,12 +284,6 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda, but torch.cuda.is_available() is False")
     torch.set_num_threads(args.threads)
-    if args.patched:
-        import pb_patches
-        worst = pb_patches.check_equivalence()
-        pb_patches.apply(patch_list(args.patched))
-        print(f"pb_patches applied ({', '.join(patch_list(args.patched))}); equivalence check passed (max |diff| / (atol + rtol |ref|) per quantity, "
-              f"<= 1 required): {max(worst.values()):.3g} (worst: {max(worst, key=worst.get)})")
     ks = list(range(args.max_k + 1))
     c = args.candidates
     device = args.device if args.device == "cpu" else "cuda"
@@ -349,8 +327,7 @@ def main(argv=None):
             if cfg.section == "infer1":
                 continue
             spec = {"section": cfg.section, "kind": cfg.kind, "k": cfg.k, "c": cfg.c, "batch": cfg.batch,
-                    "device": device, "threads": args.threads, "steps": max(3, args.warmup),
-                    "patched": args.patched}
+                    "device": device, "threads": args.threads, "steps": max(3, args.warmup)}
             memory[cfg] = measure_memory(spec)
 
     rows = []
@@ -411,7 +388,7 @@ def main(argv=None):
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         meta = {"device": args.device, "threads": args.threads, "repeats": args.repeats, "batches": args.batches,
-                "patched": args.patched, "torch": torch.__version__}
+                "torch": torch.__version__}
         with open(args.out, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]) + list(meta))
             writer.writeheader()

@@ -2,20 +2,19 @@
 """Where a DendriticLayer's time goes: its parts timed one by one on the MNIST-example CNN.
 
 For every wrapped layer (conv1, conv2, fc1, fc2) and K = 1..--max-k, on the layer's real input
-(batch 64, captured from a forward of the model), milliseconds per call (median of --repeats):
+(batch 64, captured from a forward of the model), milliseconds per call (median, or with ``--stat min``
+the fastest, of --repeats calls; the minimum is the steadier number on a shared machine):
 
 * main        the layer itself, forward (no_grad)
 * V stack     ``adapter.stacked_forward`` of the K frozen dendrites (the stacked conv/matmul)
-* cascade     the rest of ``_dendrite_activations``: cascade loop, g, torch.stack
-* combine     ``pre + sum_k u_k a_k`` forward, plus its backward (the gradient of u only)
+* cascade     the rest of ``_dendrite_activations`` (no graph, so in place): cascade loop and g
+* combine     ``_add_dendrite_term`` (``pre + sum_k u_k a_k``) forward, plus its backward (the gradient
+              of u only)
 * cand fwd    candidates (C = 1) forward with graph: stacked map + cascade input + g
 * covariance  ``_covariance_gradient`` (statistics update + the candidates' gradient)
 * cand bwd    backward from that gradient into the candidate weights (g' and the weight gradient)
 
-``--patched`` times the same parts with benchmarks/pb_patches.py applied (cascade/combine in place,
-covariance in native layout and float32 batch moments).
-
-    python benchmarks/pb_profile.py [--threads 2] [--repeats 15] [--max-k 3] [--patched]
+    python benchmarks/pb_profile.py [--threads 2] [--repeats 15] [--max-k 3] [--stat median|min]
 """
 from __future__ import annotations
 
@@ -35,6 +34,9 @@ import pb_core  # noqa: E402
 from pb_overhead import TRAIN_BATCH, build, make_data  # noqa: E402
 
 
+STAT = statistics.median
+
+
 def timed(fn, repeats: int) -> float:
     fn()
     fn()
@@ -43,7 +45,7 @@ def timed(fn, repeats: int) -> float:
         start = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e3
+    return STAT(samples) * 1e3
 
 
 def capture_inputs(model) -> dict:
@@ -58,18 +60,13 @@ def capture_inputs(model) -> dict:
     return seen
 
 
-def parts(layer, x: torch.Tensor, repeats: int, patched: bool) -> dict:
-    sd = layer.stack_dim
+def parts(layer, x: torch.Tensor, repeats: int) -> dict:
     out = {}
     with torch.no_grad():
         out["main"] = timed(lambda: layer.main(x), repeats)
         weights = dict(layer.dendrite_weights)
         out["V stack"] = timed(lambda: layer.adapter.stacked_forward(layer.main, weights, (x,)), repeats)
-        if patched:
-            import pb_patches
-            act_fn = lambda: pb_patches._dendrite_activations_inplace(layer, (x,))  # noqa: E731
-        else:
-            act_fn = lambda: layer._dendrite_activations((x,))  # noqa: E731
+        act_fn = lambda: layer._dendrite_activations((x,))  # noqa: E731
         out["cascade"] = max(timed(act_fn, repeats) - out["V stack"], 0.0)
         acts = act_fn()
         pre0 = layer.main(x)
@@ -79,13 +76,7 @@ def parts(layer, x: torch.Tensor, repeats: int, patched: bool) -> dict:
     grad = torch.randn_like(pre0)
 
     def combine():
-        if patched:
-            from pb_patches import _per_neuron_row
-            pre = torch.addcmul(pre_leaf, acts.select(sd, 0), _per_neuron_row(layer, u[0]))
-            for j in range(1, layer.num_dendrites):
-                pre = pre.addcmul_(acts.select(sd, j), _per_neuron_row(layer, u[j]))
-        else:
-            pre = pre_leaf + (layer._per_neuron(u) * acts).sum(sd)
+        pre = layer._add_dendrite_term(pre_leaf, acts)
         torch.autograd.grad(pre, [u], grad)  # only what the term adds: d pre passes through unchanged
     out["combine"] = timed(combine, repeats)
 
@@ -95,11 +86,7 @@ def parts(layer, x: torch.Tensor, repeats: int, patched: bool) -> dict:
     out["cand fwd"] = timed(lambda: layer._candidate_activations((x,), acts), repeats)
     cand = layer._candidate_activations((x,), acts)
     err = torch.randn_like(pre0) * 1e-3
-    if patched:
-        import pb_patches
-        cov_fn = lambda: pb_patches.covariance_gradient(layer, cand.detach(), err)  # noqa: E731
-    else:
-        cov_fn = lambda: layer._covariance_gradient(cand.detach(), err)  # noqa: E731
+    cov_fn = lambda: layer._covariance_gradient(cand.detach(), err)  # noqa: E731
     out["covariance"] = timed(cov_fn, repeats)
     g = cov_fn()
 
@@ -116,21 +103,19 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--max-k", type=int, default=3)
-    ap.add_argument("--patched", action="store_true")
+    ap.add_argument("--stat", choices=["median", "min"], default="median")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.patched:
-        import pb_patches
-        pb_patches.apply()
+    global STAT
+    STAT = min if args.stat == "min" else statistics.median
     cols = ["main", "V stack", "cascade", "combine", "cand fwd", "covariance", "cand bwd"]
-    print(f"ms per call, median of {args.repeats}; threads {torch.get_num_threads()}; batch {TRAIN_BATCH}; "
-          f"pb_core {'PATCHED' if args.patched else 'as on disk'}")
+    print(f"ms per call, {args.stat} of {args.repeats}; threads {torch.get_num_threads()}; batch {TRAIN_BATCH}")
     print(f"{'layer':<6} {'K':>2} " + " ".join(f"{c:>10}" for c in cols))
     for k in range(1, args.max_k + 1):
         model, _ = build("neuron", k, 1, "cpu")
         inputs = capture_inputs(model)
         for name, layer in pb_core.dendritic_layers(model):
-            res = parts(layer, inputs[name], args.repeats, args.patched)
+            res = parts(layer, inputs[name], args.repeats)
             print(f"{name:<6} {k:>2} " + " ".join(f"{res[c]:>10.2f}" for c in cols), flush=True)
 
 

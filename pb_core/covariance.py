@@ -12,7 +12,9 @@ running covariance. Each neuron's signal is divided by the running standard devi
 a positive per-neuron factor that leaves the direction of each candidate's gradient unchanged and keeps
 step sizes comparable across layers whose errors differ by orders of magnitude.
 
-All statistics are float64: they are sums over a whole epoch, where float32 loses the covariance.
+The running and epoch statistics are float64 sums (over a whole epoch float32 loses the covariance).
+Each batch contributes moments computed in the layer's own layout, in float32 on batch-centred data
+(one reduction per statistic), which are exact enough for one batch and cheap next to the layer itself.
 """
 from __future__ import annotations
 
@@ -20,14 +22,18 @@ import torch
 
 
 class CovarianceStats:
-    """Running statistics of one layer's candidates (C per neuron, N neurons) and their errors."""
+    """Running statistics of one layer's candidates (C per neuron, N neurons) and their errors.
+
+    The sample counts (``d_count``, ``n``) are Python numbers, so testing them never waits for the
+    device; ``state_dict`` stores ``d_count`` as the float64 tensor it always was.
+    """
 
     def __init__(self, candidates: int, neurons: int, device, momentum: float = 0.9, eps: float = 1e-12):
         self.candidates, self.neurons = candidates, neurons
         self.momentum, self.eps = momentum, eps
         zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
         # Phase-long error moments (for mean_D and its scale).
-        self.d_count = zeros(())
+        self.d_count = 0
         self.d_sum, self.d_sq_sum = zeros(neurons), zeros(neurons)
         # Exponential running covariance (for sigma); NaN until the first batch.
         self.cov_ema = torch.full((candidates, neurons), float("nan"), dtype=torch.float64, device=device)
@@ -38,7 +44,7 @@ class CovarianceStats:
     def reset_epoch(self) -> None:
         c, n = self.candidates, self.neurons
         dev = self.d_sum.device
-        self.n = torch.zeros((), dtype=torch.float64, device=dev)
+        self.n = 0
         self.sa = torch.zeros(c, n, dtype=torch.float64, device=dev)
         self.saa = torch.zeros(c, n, dtype=torch.float64, device=dev)
         self.sad = torch.zeros(c, n, dtype=torch.float64, device=dev)
@@ -46,35 +52,67 @@ class CovarianceStats:
         self.sdd = torch.zeros(n, dtype=torch.float64, device=dev)
 
     @torch.no_grad()
-    def gradient(self, act: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
+    def gradient(self, act: torch.Tensor, err: torch.Tensor, neuron_dim: int = -1) -> torch.Tensor:
         """Update the statistics with one batch and return d(-sigma*S)/d(act), shaped like ``act``.
 
-        act: (M, C, N) candidate activations, err: (M, N) neuron errors, M = samples x positions.
-        The sign makes the usual minimising optimizer *increase* |S|.
+        err: the neuron errors, neurons on axis ``neuron_dim`` (negative), every other axis a sample or
+        position axis; act: the candidate activations, shaped like ``err`` with the candidate axis (C)
+        inserted just before the neuron axis. ``neuron_dim=-1`` is the flat layout: act (M, C, N),
+        err (M, N); a conv layer passes its own layout, e.g. act (B, C, N, H, W), err (B, N, H, W), and
+        M = B*H*W. The sign makes the usual minimising optimizer *increase* |S|.
+
+        Nothing is copied into another layout. Each batch's moments are float32 (for float32 and half
+        inputs; float64 stays float64) reductions of batch-centred data, one per statistic, and join
+        the float64 running sums; the gradient is one affine map of ``err`` per candidate and neuron.
         """
-        a, d = act.double(), err.double()
-        m = d.shape[0]
-        if self.d_count > 0:
+        if err.dim() == -neuron_dim:  # a single unbatched sample: give it a sample axis
+            return self.gradient(act.unsqueeze(0), err.unsqueeze(0), neuron_dim).squeeze(0)
+        n_axis = err.dim() + neuron_dim  # of err; in act the candidate axis sits there, neurons after it
+        red_d = tuple(i for i in range(err.dim()) if i != n_axis)
+        red_a = tuple(i for i in range(act.dim()) if i not in (n_axis, n_axis + 1))
+        m = err.numel() // err.shape[n_axis]
+        work = torch.promote_types(act.dtype, torch.float32)
+        d, a = err.to(work), act.to(work)
+        d_c = d.unsqueeze(n_axis)  # broadcasts against the candidates
+        # This batch's moments. The candidates are centred on their batch mean mu (the value actually
+        # subtracted, so resid = sum(a - mu) is the rounding left over) before any product is summed.
+        # Two full-size buffers serve every product: `ac` (later the gradient) and `prod`.
+        a_sum = a.sum(red_a, keepdim=True)
+        mu = a_sum / m
+        ac = a - mu
+        prod = torch.mul(ac, d_c)
+        c_ad = prod.sum(red_a).double()  # (C, N)
+        c_aa = torch.mul(ac, ac, out=prod).sum(red_a).double()
+        d_sum = d.sum(red_d).double()
+        d_sq = torch.mul(d, d, out=prod.select(n_axis, 0)).sum(red_d).double()
+        a_sum, mu = a_sum.reshape(c_ad.shape).double(), mu.reshape(c_ad.shape).double()
+        resid = a_sum - m * mu
+        if self.d_count:
             mean_d = self.d_sum / self.d_count
             var_d = (self.d_sq_sum / self.d_count - mean_d**2).clamp_min(0)
         else:  # first batch of the phase: nothing earlier to lean on
-            mean_d, var_d = d.mean(0), d.var(0, unbiased=False)
-        batch_cov = ((a - a.mean(0)) * (d - d.mean(0)).unsqueeze(1)).mean(0)
+            mean_d = d_sum / m
+            var_d = (d_sq / m - mean_d**2).clamp_min(0)
+        batch_cov = (c_ad - resid * (d_sum / m)) / m
         self.cov_ema = torch.where(torch.isnan(self.cov_ema), batch_cov,
                                    self.momentum * self.cov_ema + (1 - self.momentum) * batch_cov)
         sigma = torch.where(self.cov_ema < 0, -1.0, 1.0)
         scale = 1.0 / (var_d.sqrt() + self.eps)
-        grad = -(sigma * ((d - mean_d) * scale).unsqueeze(1)) / m
+        # -sigma * scale * (D - mean_D) / m = factor * D + offset, per candidate and neuron.
+        factor = -sigma * scale / m
+        offset = -factor * mean_d
+        per_neuron = (*factor.shape, *([1] * (-neuron_dim - 1)))
+        grad = torch.addcmul(offset.to(work).reshape(per_neuron), d_c, factor.to(work).reshape(per_neuron), out=ac)
         # Moments of this batch join the running and the epoch sums only after they were used above.
         self.d_count += m
-        self.d_sum += d.sum(0)
-        self.d_sq_sum += (d * d).sum(0)
+        self.d_sum += d_sum
+        self.d_sq_sum += d_sq
         self.n += m
-        self.sa += a.sum(0)
-        self.saa += (a * a).sum(0)
-        self.sad += (a * d.unsqueeze(1)).sum(0)
-        self.sd += d.sum(0)
-        self.sdd += (d * d).sum(0)
+        self.sa += a_sum
+        self.saa += c_aa + 2 * mu * resid + m * mu**2  # sum(a^2) = sum((ac + mu)^2)
+        self.sad += c_ad + mu * d_sum                  # sum(a d) = sum(ac d) + mu sum(d)
+        self.sd += d_sum
+        self.sdd += d_sq
         return grad.to(act.dtype)
 
     def epoch_correlation(self) -> torch.Tensor:
@@ -95,12 +133,17 @@ class CovarianceStats:
         return self.sad / self.n - (self.sa / self.n) * (self.sd / self.n)
 
     def state_dict(self) -> dict:
-        keys = ("d_count", "d_sum", "d_sq_sum", "cov_ema", "best_abs_corr")
-        return {k: getattr(self, k).clone() for k in keys}
+        state = {"d_count": torch.tensor(float(self.d_count), dtype=torch.float64, device=self.d_sum.device)}
+        state.update({k: getattr(self, k).clone() for k in ("d_sum", "d_sq_sum", "cov_ema", "best_abs_corr")})
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         for k, v in state.items():
-            setattr(self, k, v.clone())
+            if k == "d_count":  # a tensor in checkpoints, a Python number here
+                v = float(v)
+                self.d_count = int(v) if v.is_integer() else v
+            else:
+                setattr(self, k, v.clone())
 
 
 class CovarianceTap(torch.autograd.Function):

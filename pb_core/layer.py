@@ -6,6 +6,11 @@
 All K dendrites of a layer are stacked: one call of the adapter evaluates every ``V_k``; the cascade
 over k is a short elementwise recurrence (k depends on j < k, so it cannot be one product). Candidates
 (C per neuron, trained in a dendrite phase) are stacked the same way.
+
+Frozen dendrites in a perforated phase (and at inference) need no autograd graph: their cascade and
+activation then run in place on the stacked pre-activations, and every sum over k (the output term
+sum_k u_k a_k, a candidate's cascade input) is a chain of fused multiply-adds, one per k, never a
+(K, ...)-sized product.
 """
 from __future__ import annotations
 
@@ -18,10 +23,60 @@ from .adapters import LayerAdapter
 from .covariance import CovarianceStats, CovarianceTap
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "identity": lambda t: t}
+_IN_PLACE = {"sigmoid": torch.Tensor.sigmoid_, "tanh": torch.Tensor.tanh_, "identity": lambda t: t}
 
 
 def _frozen(tensor: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(tensor, requires_grad=False)
+
+
+def _multiply_add_chain(base: torch.Tensor, weights: torch.Tensor, xs) -> torch.Tensor:
+    # The first product is added out of place (``base`` may be saved for some backward), the rest in place
+    # into that fresh tensor.
+    out = torch.addcmul(base, xs[0], weights[0])
+    for k in range(1, len(xs)):
+        out.addcmul_(xs[k], weights[k])
+    return out
+
+
+class _MultiplyAdd(torch.autograd.Function):
+    """``base + sum_k weights[k] * xs[k]`` for small ``weights[k]`` (per neuron) broadcast over full-size
+    ``xs[k]``. The backward forms each weight's gradient from one product (``(grad * x_k)`` summed;
+    torch.addcmul's own backward multiplies twice) and a gradient of x_k only where one is needed."""
+
+    @staticmethod
+    def forward(ctx, base, weights, *xs):
+        need = ctx.needs_input_grad
+        # Keep only what the backward will use: the xs for the weights' gradient, the weights for the xs'.
+        ctx.save_for_backward(weights if any(need[2:]) else None, *(xs if need[1] else ()))
+        ctx.shapes = base.shape, weights.shape[1:], [x.shape for x in xs]
+        return _multiply_add_chain(base, weights, xs)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weights, *xs = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        base_shape, weight_shape, x_shapes = ctx.shapes
+        grad_base = grad_weights = None
+        if need[0]:
+            grad_base = grad if grad.shape == base_shape else grad.sum_to_size(base_shape)
+        if need[1]:  # one full-size product buffer for all k (fresh allocations are not free)
+            prod = None
+            grads = []
+            for x in xs:
+                prod = grad * x if prod is None else torch.mul(grad, x, out=prod)
+                grads.append(prod.sum_to_size(weight_shape).clone())  # (is prod itself if nothing is summed)
+            grad_weights = torch.stack(grads)
+        grad_xs = [(grad * weights[k]).sum_to_size(shape) if n else None
+                   for k, (shape, n) in enumerate(zip(x_shapes, need[2:]))]
+        return grad_base, grad_weights, *grad_xs
+
+
+def _multiply_add(base: torch.Tensor, weights: torch.Tensor, xs) -> torch.Tensor:
+    """``base + sum_k weights[k] * xs[k]``, one fused multiply-add per k, never a (K, ...)-sized product."""
+    if torch.is_grad_enabled() and (base.requires_grad or weights.requires_grad or any(x.requires_grad for x in xs)):
+        return _MultiplyAdd.apply(base, weights, *xs)
+    return _multiply_add_chain(base, weights, xs)
 
 
 class DendriticLayer(nn.Module):
@@ -126,24 +181,42 @@ class DendriticLayer(nn.Module):
         return ACTIVATIONS[self.activation](t)
 
     def _dendrite_activations(self, inputs: tuple) -> torch.Tensor:
+        """The K activations a_k, stacked like a stacked forward (copy axis just before the neuron axis).
+
+        When no graph is recorded (grad mode off, or nothing here requires grad) the cascade and g run in
+        place on the stacked pre-activations; otherwise out of place, and stacked once at the end.
+        """
         z = self.adapter.stacked_forward(self.main, dict(self.dendrite_weights), inputs)
         sd = self.stack_dim
-        acts: list[torch.Tensor] = []
+        cascade = self._per_neuron(self.dendrite_cascade)  # (K, K, N, 1...): row k uses columns j < k
+        if torch.is_grad_enabled() and (z.requires_grad or self.dendrite_cascade.requires_grad):
+            acts: list[torch.Tensor] = []
+            for k in range(self.num_dendrites):
+                zk = z.select(sd, k)
+                acts.append(self._g(_multiply_add(zk, cascade[k, :k], acts) if k else zk))
+            return torch.stack(acts, dim=sd)
+        g_ = _IN_PLACE[self.activation]
         for k in range(self.num_dendrites):
-            zk = z.select(sd, k)
-            if k:
-                earlier = torch.stack(acts, dim=sd)
-                zk = zk + (earlier * self._per_neuron(self.dendrite_cascade[k, :k])).sum(sd)
-            acts.append(self._g(zk))
-        return torch.stack(acts, dim=sd)
+            zk = z.select(sd, k)  # a view: the updates below land in z
+            for j in range(k):
+                zk.addcmul_(z.select(sd, j), cascade[k, j])  # slot j already holds a_j
+            g_(zk)
+        return z
+
+    def _add_dendrite_term(self, pre: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+        """``pre + sum_k u_k a_k``; u's gradient is sum over samples and positions of a_k * dL/dpre."""
+        sd = self.stack_dim
+        return _multiply_add(pre, self._per_neuron(self.dendrite_out), acts.unbind(sd))
 
     def _candidate_activations(self, inputs: tuple, dendrite_acts: torch.Tensor | None) -> torch.Tensor:
         z = self.adapter.stacked_forward(self.main, dict(self.candidate_weights), inputs)
         if dendrite_acts is not None:
             sd = self.stack_dim
-            # (.., 1, K, N, ..) * (C, K, N, ..) summed over K: each candidate's cascade input.
-            cascade = self._per_neuron(self.candidate_cascade.flatten(0, 1)).unflatten(0, self.candidate_cascade.shape[:2])
-            z = z + (dendrite_acts.detach().unsqueeze(sd - 1) * cascade).sum(sd)
+            # Each candidate's cascade input sum_k c_k a_k: every a_k, as a (1, N) slice, against the (C, N)
+            # weights c_k.
+            cascade = self._per_neuron(self.candidate_cascade.transpose(0, 1))  # (K, C, N, 1...)
+            acts = [a.unsqueeze(sd) for a in dendrite_acts.detach().unbind(sd)]
+            z = _multiply_add(z, cascade, acts)
         return self._g(z)
 
     def forward(self, *args, **kwargs):
@@ -166,7 +239,7 @@ class DendriticLayer(nn.Module):
                                                        or any(p.requires_grad for p in self.dendrite_weights.values()))
             with torch.set_grad_enabled(needs_graph):
                 acts = self._dendrite_activations(detached if self.perforated else inputs)
-            pre = pre + (self._per_neuron(self.dendrite_out) * acts).sum(sd)
+            pre = self._add_dendrite_term(pre, acts)
         if train_candidates:
             cand = self._candidate_activations(detached, acts)
             if self.candidate_learning == "covariance":
@@ -177,13 +250,8 @@ class DendriticLayer(nn.Module):
 
     # ------------------------------------------------------------------ covariance training
     def _covariance_gradient(self, cand_act: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
-        nd, sd = self.adapter.neuron_dim, self.stack_dim
-        c, n = self.num_candidates, self.num_neurons
-        moved = cand_act.movedim((sd, nd), (-2, -1))
-        flat_act = moved.reshape(-1, c, n)
-        flat_err = err.movedim(nd, -1).reshape(-1, n)
-        grad = self.stats.gradient(flat_act, flat_err)
-        return grad.reshape(moved.shape).movedim((-2, -1), (sd, nd))
+        """Statistics update and the candidates' gradient, in the layer's own layout (no copies)."""
+        return self.stats.gradient(cand_act, err, self.adapter.neuron_dim)
 
     # ------------------------------------------------------------------ candidates
     def add_candidates(self, count: int, learning: str = "covariance") -> None:

@@ -5,7 +5,10 @@
 * perforation: the gradient reaching earlier layers equals that of a network in which the dendrites'
   contribution is a detached constant; without perforation it is the full gradient;
 * committing a dendrite leaves the function unchanged until u moves; per-neuron candidate selection;
-* the covariance rule: its step raises |covariance|, and over epochs on a frozen network it rises.
+* the covariance rule: its step raises |covariance|, and over epochs on a frozen network it rises;
+* the fast paths against plain float64 references: the native-layout float32 covariance statistics and
+  gradient (and what autograd makes of it for the candidates), the in-place no-graph dendrite forward
+  and u's gradient, the multiply-add chain (gradcheck); the statistics resume exactly from a state_dict.
 """
 import copy
 
@@ -128,8 +131,9 @@ CASES = {
 
 
 class Reference(nn.Module):
-    """Stands in for a DendriticLayer: main(x) + dendrite term, the term either given constants (one per
-    call, in call order) or recomputed by the naive formula from the (non-detached) inputs."""
+    """Stands in for a DendriticLayer: main(x) + dendrite term, the term either built from given constant
+    activations (one stack per call, in call order; added by the layer's own ``_add_dendrite_term``, so
+    the forward is bitwise the layer's) or recomputed by the naive formula from the (non-detached) inputs."""
 
     def __init__(self, layer: DendriticLayer, constants=None):
         super().__init__()
@@ -141,11 +145,12 @@ class Reference(nn.Module):
         adapter = self.layer.adapter
         pre = adapter.pre_activation(self.main, out)
         if self.constants is not None:
-            term = self.constants[self.calls]
+            summed = self.layer._add_dendrite_term(pre, self.constants[self.calls])
         else:
             term, _ = naive_dendrites(self.layer, args)
+            summed = pre + term
         self.calls += 1
-        return adapter.rebuild_output(self.main, out, pre + term)
+        return adapter.rebuild_output(self.main, out, summed)
 
 
 def _grads(model, x, first):
@@ -208,7 +213,7 @@ def test_forward_matches_formula_and_perforation_is_exact(case):
     assert (layer.dendrite_cascade[1, 0].abs() > 0).all()  # the cascade is exercised
     x = make_x()
 
-    # Record the layer's inputs and the dendrite term the layer adds (its own stacked ops, so bitwise).
+    # Record the layer's inputs and its dendrite activations (its own stacked ops, so bitwise).
     seen = []
     hook = layer.register_forward_pre_hook(lambda mod, args: seen.append(args))
     layer.perforated = True
@@ -219,9 +224,10 @@ def test_forward_matches_formula_and_perforation_is_exact(case):
         for args in seen:
             inputs = layer.adapter.dendrite_inputs(args, {})
             acts = layer._dendrite_activations(tuple(t.detach() if torch.is_tensor(t) else t for t in inputs))
-            constants.append((layer._per_neuron(layer.dendrite_out) * acts).sum(layer.stack_dim))
+            constants.append(acts)
+            term = (layer._per_neuron(layer.dendrite_out) * acts).sum(layer.stack_dim)
             naive_term, _ = naive_dendrites(layer, inputs)
-            assert torch.allclose(constants[-1], naive_term, atol=1e-5, rtol=1e-5)  # the SPEC formula
+            assert torch.allclose(term, naive_term, atol=1e-5, rtol=1e-5)  # the SPEC formula
             assert naive_term.abs().max() > 1e-2
 
     # Perforated: exactly the gradient of the network whose dendrite term is a constant.
@@ -489,3 +495,250 @@ def test_candidate_correlation_with_error_rises_over_epochs():
     # The network (weights and everything else) never moved.
     for k, v in net_state.items():
         assert torch.equal(v, net.state_dict()[k]), k
+
+
+# ---------------------------------------------------------------------------------------------- fast paths vs float64
+def _copy_map64(main: nn.Module, weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """One copy of a Linear/Conv2d map with the given (float64) weights, by the functional op."""
+    if isinstance(main, nn.Linear):
+        return F.linear(x, weight, bias)
+    return F.conv2d(x, weight, bias, main.stride, main.padding, main.dilation, main.groups)
+
+
+def _row64(vec: torch.Tensor, like: torch.Tensor, neuron_dim: int) -> torch.Tensor:
+    return per_neuron(vec.double(), like, neuron_dim)
+
+
+def _dendrite_acts64(layer: DendriticLayer, x: torch.Tensor) -> list[torch.Tensor]:
+    """a_k = sigmoid(V_k x + sum_{j<k} c_kj a_j), each copy by itself, in float64."""
+    w, b, nd = layer.dendrite_weights["weight"], layer.dendrite_weights["bias"], layer.adapter.neuron_dim
+    acts = []
+    for k in range(layer.num_dendrites):
+        z = _copy_map64(layer.main, w[k].detach().double(), b[k].detach().double(), x)
+        for j in range(k):
+            z = z + _row64(layer.dendrite_cascade[k, j].detach(), z, nd) * acts[j]
+        acts.append(torch.sigmoid(z))
+    return acts
+
+
+class _CovarianceReference:
+    """The covariance rule written out plainly in float64 on the flat (M, C, N) layout."""
+
+    def __init__(self, c: int, n: int, momentum: float = 0.9, eps: float = 1e-12):
+        self.momentum, self.eps = momentum, eps
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
+        self.d_count, self.d_sum, self.d_sq_sum, self.cov_ema = 0, z(n), z(n), None
+        self.n, self.sa, self.saa, self.sad, self.sd, self.sdd = 0, z(c, n), z(c, n), z(c, n), z(n), z(n)
+
+    def step(self, a: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        m = d.shape[0]
+        if self.d_count:
+            mean_d = self.d_sum / self.d_count
+            var_d = self.d_sq_sum / self.d_count - mean_d**2
+        else:
+            mean_d, var_d = d.mean(0), d.var(0, unbiased=False)
+        cov = ((a - a.mean(0)) * (d - d.mean(0)).unsqueeze(1)).mean(0)
+        self.cov_ema = cov if self.cov_ema is None else self.momentum * self.cov_ema + (1 - self.momentum) * cov
+        sigma = torch.where(self.cov_ema < 0, -1.0, 1.0).double()
+        grad = -sigma * ((d - mean_d) / (var_d.sqrt() + self.eps)).unsqueeze(1) / m
+        self.d_count += m
+        self.d_sum, self.d_sq_sum = self.d_sum + d.sum(0), self.d_sq_sum + (d * d).sum(0)
+        self.n += m
+        self.sa, self.saa = self.sa + a.sum(0), self.saa + (a * a).sum(0)
+        self.sad = self.sad + (a * d.unsqueeze(1)).sum(0)
+        self.sd, self.sdd = self.sd + d.sum(0), self.sdd + (d * d).sum(0)
+        return grad
+
+
+def _close(actual: torch.Tensor, expected: torch.Tensor, rel: float) -> bool:
+    """|actual - expected| <= rel * max|expected| everywhere (a float32-vs-float64 comparison)."""
+    actual, expected = actual.detach().double(), expected.detach().double()
+    return actual.shape == expected.shape and bool((actual - expected).abs().max() <= rel * expected.abs().max())
+
+
+COV_CASES = [
+    ("linear", lambda: nn.Linear(6, 5), lambda: torch.randn(32, 6)),
+    ("conv2d", lambda: nn.Conv2d(3, 4, 3, padding=1), lambda: torch.randn(4, 3, 7, 6)),
+]
+
+
+@pytest.mark.parametrize("name,make,make_x", COV_CASES, ids=[c[0] for c in COV_CASES])
+@pytest.mark.parametrize("k", [1, 2])
+def test_covariance_gradient_and_statistics_match_float64_reference(name, make, make_x, k):
+    """The native-layout float32 covariance step (statistics, candidate gradient, and what autograd makes of
+    it for the candidates' weights and cascade weights) against the rule written out in float64, C = 2."""
+    torch.manual_seed(11)
+    main = make()
+    layer = DendriticLayer(main, adapter_for(main))
+    grow(layer, k)
+    layer.add_candidates(2)
+    for p in main.parameters():
+        p.requires_grad_(False)
+    layer.set_dendrites_trainable(weights=False, output=False)
+    nd, sd = layer.adapter.neuron_dim, layer.stack_dim
+    c, n = layer.num_candidates, layer.num_neurons
+    seen = []
+    original = layer._covariance_gradient
+    layer._covariance_gradient = lambda act, err: seen.append((err, original(act, err))) or seen[-1][1]
+    ref = _CovarianceReference(c, n)
+    all_a, all_d = [], []
+    for batch in range(3):
+        x = make_x()
+        y = torch.randn_like(main(x))
+        for p in layer.candidate_parameters():
+            p.grad = None
+        out = layer(x)
+        with torch.no_grad():
+            assert torch.equal(out, layer(x))  # candidates leave the output alone
+        F.mse_loss(out, y, reduction="sum").backward()
+        err, grad = seen[-1]
+        assert torch.allclose(err, 2 * (out - y).detach(), atol=1e-6)  # the tap hands over D = dL/dpre
+        assert grad.shape == (*err.shape[: err.dim() + nd], c, *err.shape[err.dim() + nd:]) and grad.is_contiguous()
+
+        # float64 reference: candidate activations by the formula, D moved to (M, N), the rule on (M, C, N).
+        x64 = x.double()
+        acts = _dendrite_acts64(layer, x64)
+        w64 = layer.candidate_weights["weight"].detach().double().requires_grad_(True)
+        b64 = layer.candidate_weights["bias"].detach().double().requires_grad_(True)
+        casc64 = layer.candidate_cascade.detach().double().requires_grad_(True)
+        cand = []
+        for ci in range(c):
+            z = _copy_map64(main, w64[ci], b64[ci], x64)
+            for j, a_j in enumerate(acts):
+                z = z + per_neuron(casc64[ci, j], z, nd) * a_j
+            cand.append(torch.sigmoid(z))
+        cand64 = torch.stack(cand, dim=sd)  # the layer's layout
+        flat_a = cand64.movedim((sd, nd), (-2, -1)).reshape(-1, c, n).detach()
+        flat_d = err.double().movedim(nd, -1).reshape(-1, n)
+        flat_g = ref.step(flat_a, flat_d)
+        grad64 = flat_g.reshape(cand64.movedim((sd, nd), (-2, -1)).shape).movedim((-2, -1), (sd, nd))
+        assert _close(grad, grad64, 1e-5), f"batch {batch}: candidate-activation gradient"
+        (cand64 * grad64).sum().backward()
+        assert _close(layer.candidate_weights["weight"].grad, w64.grad, 1e-4), f"batch {batch}: weight grad"
+        assert _close(layer.candidate_weights["bias"].grad, b64.grad, 1e-4), f"batch {batch}: bias grad"
+        assert _close(layer.candidate_cascade.grad, casc64.grad, 1e-4), f"batch {batch}: cascade grad"
+        stats = layer.stats
+        assert stats.d_count == ref.d_count and stats.n == ref.n == (batch + 1) * flat_d.shape[0]
+        for key in ("d_sum", "d_sq_sum", "cov_ema", "sa", "saa", "sad", "sd", "sdd"):
+            assert _close(getattr(stats, key), getattr(ref, key), 1e-5), f"batch {batch}: stats.{key}"
+        all_a.append(flat_a)
+        all_d.append(flat_d)
+    # The epoch correlation equals Pearson's r of each candidate with its neuron's error over all samples.
+    a, d = torch.cat(all_a), torch.cat(all_d)
+    ac, dc = a - a.mean(0), (d - d.mean(0)).unsqueeze(1)
+    pearson = (ac * dc).sum(0) / ((ac * ac).sum(0) * (dc * dc).sum(0)).sqrt()
+    assert pearson.abs().max() > 0.05
+    assert torch.allclose(layer.stats.epoch_correlation(), pearson, atol=1e-5, rtol=0)
+
+
+def test_covariance_state_dict_resumes_exactly():
+    """The phase's running error moments (their sample count included) survive a checkpoint, in the
+    checkpoint format pb_core always wrote (d_count a float64 0-dim tensor)."""
+    torch.manual_seed(5)
+    conv = nn.Conv2d(2, 3, 3)
+    layer = DendriticLayer(conv, adapter_for(conv))
+    grow(layer, 1)
+    layer.add_candidates(2)
+    for p in conv.parameters():
+        p.requires_grad_(False)
+    layer.set_dendrites_trainable(weights=False, output=False)
+    xs = [torch.randn(4, 2, 6, 6) for _ in range(3)]
+
+    def step(lay, x):
+        for p in lay.candidate_parameters():
+            p.grad = None
+        lay(x).square().sum().backward()
+        return [p.grad.clone() for p in lay.candidate_parameters()]
+
+    for x in xs[:2]:
+        step(layer, x)
+    state = layer.stats.state_dict()
+    assert set(state) == {"d_count", "d_sum", "d_sq_sum", "cov_ema", "best_abs_corr"}
+    assert state["d_count"].dtype == torch.float64 and state["d_count"].dim() == 0
+    assert float(state["d_count"]) == 2 * 4 * 4 * 4
+    resumed = DendriticLayer(construct_like(conv), adapter_for(conv))
+    resumed.apply_structure(layer.structure())
+    resumed.load_state_dict(layer.state_dict())
+    for p in resumed.main.parameters():
+        p.requires_grad_(False)
+    for p in resumed.candidate_parameters():
+        p.requires_grad_(True)
+    assert resumed.stats.d_count == layer.stats.d_count
+    for a, b in zip(step(resumed, xs[2]), step(layer, xs[2])):
+        assert torch.equal(a, b)
+    # A fresh phase (nothing seen yet) takes the batch's own moments instead: a different step.
+    fresh = copy.deepcopy(resumed)
+    fresh.stats.load_state_dict({**state, "d_count": torch.zeros((), dtype=torch.float64)})
+    assert not torch.allclose(step(fresh, xs[2])[0], step(copy.deepcopy(layer), xs[2])[0])
+
+
+@pytest.mark.parametrize("name,make,make_x", COV_CASES, ids=[c[0] for c in COV_CASES])
+def test_no_graph_dendrite_forward_matches_formula_and_gradient_of_u(name, make, make_x, monkeypatch):
+    """Frozen dendrites in a perforated phase are computed in place without a graph; the output, the
+    gradient of u (sum over positions of a_k * dL/dpre) and of the layer's own weights equal autograd on
+    the formula in float64, in training and (eval, no_grad / inference_mode) alike."""
+    torch.manual_seed(7)
+    main = make()
+    layer = DendriticLayer(main, adapter_for(main))
+    grow(layer, 3)  # the cascade reaches back two steps
+    assert layer.perforated and not layer.dendrite_cascade.requires_grad and layer.dendrite_out.requires_grad
+    nd = layer.adapter.neuron_dim
+    x = make_x()
+    out = layer(x)
+    # No graph through the dendrites: the only backward nodes are the layer's map and the multiply-adds.
+    nodes, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in nodes:
+            nodes.add(node)
+            stack.extend(f for f, _ in node.next_functions)
+    names = {type(node).__name__ for node in nodes}
+    assert not any("Sigmoid" in nm or "Stack" in nm for nm in names), names
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    # ... because the activations are computed in place in the stacked map's own output.
+    made = []
+    stacked = layer.adapter.stacked_forward
+    monkeypatch.setattr(layer.adapter, "stacked_forward", lambda *args: made.append(stacked(*args)) or made[-1])
+    with torch.no_grad():
+        assert layer._dendrite_activations((x,)) is made[-1]
+    monkeypatch.undo()
+
+    x64 = x.double()
+    u64 = layer.dendrite_out.detach().double().requires_grad_(True)
+    w64 = main.weight.detach().double().requires_grad_(True)
+    acts = _dendrite_acts64(layer, x64)
+    out64 = _copy_map64(main, w64, main.bias.detach().double(), x64)
+    for k, a_k in enumerate(acts):
+        out64 = out64 + per_neuron(u64[k], a_k, nd) * a_k
+    (out64 * weights.double()).sum().backward()
+    assert _close(out, out64, 1e-6)
+    assert _close(layer.dendrite_out.grad, u64.grad, 1e-5)
+    assert (u64.grad.abs() > 1e-3).all()
+    assert _close(main.weight.grad, w64.grad, 1e-5)
+    # Inference: the same numbers from the in-place path under no_grad and inference_mode.
+    layer.eval()
+    with torch.no_grad():
+        assert _close(layer(x), out64, 1e-6)
+    with torch.inference_mode():
+        assert _close(layer(x), out64, 1e-6)
+
+
+def test_multiply_add_gradients_match_gradcheck():
+    """The chain of multiply-adds behind the dendrite term and the cascade inputs: base + sum_k w_k * x_k
+    with small per-neuron w_k broadcast over full-size x_k (and the other way round), every input's
+    gradient checked numerically in float64."""
+    from pb_core.layer import _multiply_add
+
+    torch.manual_seed(2)
+    base = torch.randn(3, 2, 4, 2, 3, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(3, 2, 4, 1, 1, dtype=torch.float64, requires_grad=True)
+    xs = [torch.randn(3, 1, 4, 2, 3, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    assert torch.autograd.gradcheck(lambda b, w, *x: _multiply_add(b, w, x), (base, weights, *xs))
+    # Only some inputs need a gradient (as for u in a perforated phase), and a base that broadcasts.
+    xs = [x.detach() for x in xs]
+    small_base = torch.randn(1, 2, 4, 1, 1, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda b, w: _multiply_add(b, w, xs), (small_base, weights))
+    with torch.no_grad():
+        expected = small_base + sum(w * x for w, x in zip(weights, xs))
+        assert torch.allclose(_multiply_add(small_base, weights, xs), expected)
