@@ -14,6 +14,7 @@ controller does). Epochs of all configurations alternate (interleaved repeats), 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -27,7 +28,9 @@ import torch  # noqa: E402
 
 import pb_core  # noqa: E402
 from experiments import config as cfgmod  # noqa: E402
-from experiments.tox21.benchmark import BENCHMARK  # noqa: E402
+from experiments.tox21.benchmark import BENCHMARK, EVAL_BATCH, load_prepared  # noqa: E402
+from experiments.tox21.data import split_indices  # noqa: E402
+from torch_geometric.loader import DataLoader  # noqa: E402
 
 
 def build(settings: dict, prepared: Path, device: str, dendrites: int, phase: str):
@@ -63,6 +66,35 @@ def one_epoch(exp, ctl, phase: str, device: str) -> float:
     return time.perf_counter() - start
 
 
+def ops_per_batch(exp, ctl, phase: str, batches: int) -> int:
+    """Operator calls (leaf ATen ops: those that launch work) per training batch, from one profiled
+    training pass. On a GPU a model this small is bound by launching them, not by arithmetic."""
+    from torch.profiler import ProfilerActivity, profile
+    ctl.model.train()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        exp.train_epoch(ctl.model, ctl.optimizer)
+    aten = [e for e in prof.events() if e.name.startswith("aten::")]
+    leaves = [e for e in aten if not any(c.name.startswith("aten::") for c in e.cpu_children)]
+    return round(len(leaves) / batches)
+
+
+def loading_epoch(settings: dict, prepared: Path, device: str):
+    """An epoch's data movement alone: the same loaders as a run (one training pass, three scoring
+    passes), each batch collated and moved to the device, no model. No device can run an epoch faster
+    than this unless the loading is moved off the main process (the runs use num_workers=0)."""
+    graphs = load_prepared(prepared, settings.get("limit"))
+    idx = split_indices(len(graphs), settings["seed"], tuple(settings["split"]))
+    subsets = [[graphs[i] for i in part] for part in idx]
+    loaders = [DataLoader(subsets[0], batch_size=settings["train"]["batch_size"], shuffle=True)]
+    loaders += [DataLoader(s, batch_size=EVAL_BATCH) for s in subsets]
+
+    def run(phase: str) -> None:
+        for loader in loaders[:1] if phase == "dendrite" else loaders:
+            for batch in loader:
+                batch.to(device)
+    return run
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default="data", help="folder holding tox21/tox21.csv.gz")
@@ -71,6 +103,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-k", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="first N molecules only (a quick check)")
+    parser.add_argument("--count-ops", action="store_true",
+                        help="also profile one training pass per configuration and print ATen ops per batch")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -89,21 +123,36 @@ def main(argv=None) -> int:
             torch.manual_seed(0)
             built[name] = (*build(settings, prepared, args.device, k, phase), phase)
         times: dict[str, list[float]] = {name: [] for name, _, _ in configs}
+        loading = loading_epoch(settings, prepared, args.device)
+        times["data loading only"] = []
         for name, (exp, ctl, phase) in built.items():  # warm-up: first epochs allocate and compile
             one_epoch(exp, ctl, phase, args.device)
         for repeat in range(args.repeats):
             for name, (exp, ctl, phase) in built.items():
                 times[name].append(one_epoch(exp, ctl, phase, args.device))
+            start = time.perf_counter()
+            loading("neuron")
+            times["data loading only"].append(time.perf_counter() - start)
             print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
+
+        ops = {}
+        if args.count_ops:
+            batches = len(load_prepared(prepared, args.limit)) * settings["split"][0] / settings["train"]["batch_size"]
+            ops = {name: ops_per_batch(exp, ctl, phase, math.ceil(batches)) for name, (exp, ctl, phase) in built.items()}
 
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {args.threads} thread(s)"
     print(f"TrimNet on Tox21 ({args.limit or 'all'} molecules), {device}, torch {torch.__version__}, "
           f"median of {args.repeats} epochs after one warm-up epoch")
     base = statistics.median(times["baseline"])
-    print(f"{'configuration':24s} {'params':>9s} {'s/epoch':>8s} {'x baseline':>10s}")
+    print(f"{'configuration':24s} {'params':>9s} {'s/epoch':>8s} {'x baseline':>10s}"
+          + (f" {'ops/batch':>9s}" if ops else ""))
     for name, (exp, ctl, phase) in built.items():
         med = statistics.median(times[name])
-        print(f"{name:24s} {pb_core.count_parameters(ctl.model):9,d} {med:8.2f} {med / base:10.2f}")
+        print(f"{name:24s} {pb_core.count_parameters(ctl.model):9,d} {med:8.2f} {med / base:10.2f}"
+              + (f" {ops[name]:9,d}" if ops else ""))
+    med = statistics.median(times["data loading only"])
+    print(f"{'data loading only':24s} {'-':>9s} {med:8.2f} {med / base:10.2f}   "
+          "(collate + move the batches of a neuron epoch; a floor for any device)")
     return 0
 
 

@@ -14,14 +14,13 @@ from torch_geometric.loader import DataLoader
 
 from ..download import ensure_file
 from ..registry import Experiment, RawFile
-from .data import class_weights, featurise, split_indices
+from .data import SOURCE_URL, class_weights, featurise, split_indices
 from .metric import masked_class_weighted_loss, masked_mean_roc_auc
 from .model import OUTPUT_LAYER_NAME, TrimNet
 
 # MoleculeNet's canonical file; its md5 as recorded by other loaders (checked on download only: local
 # copies may be recompressed, see ../shared/data/README.md).
-RAW = RawFile("tox21/tox21.csv.gz", "https://deepchemdata.s3-us-west-1.amazonaws.com/datasets/tox21.csv.gz",
-              md5="2882d69e70bba0fec14995f26787cc25")
+RAW = RawFile("tox21/tox21.csv.gz", SOURCE_URL, md5="2882d69e70bba0fec14995f26787cc25")
 EVAL_BATCH = 512
 
 
