@@ -71,8 +71,9 @@ def main(argv=None) -> int:
     p.add_argument("--first-cycle-from", type=Path, default=None, help="a paper-protocol run's epochs.csv")
     p.add_argument("--later-cycle", type=int, default=130,
                    help="epochs of each later neuron cycle (patience 100 + epochs to its best)")
-    p.add_argument("--dendrite-phase", type=int, default=130,
-                   help="epochs of each dendrite phase (patience 100 + epochs to its best correlation)")
+    p.add_argument("--dendrite-phase", type=int, default=300,
+                   help="epochs of each dendrite phase (the one measured, pb seed 0's first, had run 204 "
+                        "epochs with its layers' correlations still rising, so it lasts at least 304)")
     p.add_argument("--seeds", type=int, default=50)
     p.add_argument("--speedups", type=float, nargs="+", default=[5, 10, 20],
                    help="assumed ratios of these seconds per epoch to a GPU's, for the GPU-hour column")
