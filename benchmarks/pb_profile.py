@@ -34,10 +34,7 @@ import pb_core  # noqa: E402
 from pb_overhead import TRAIN_BATCH, build, make_data  # noqa: E402
 
 
-STAT = statistics.median
-
-
-def timed(fn, repeats: int) -> float:
+def timed(fn, repeats: int, stat) -> float:
     fn()
     fn()
     samples = []
@@ -45,7 +42,7 @@ def timed(fn, repeats: int) -> float:
         start = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - start)
-    return STAT(samples) * 1e3
+    return stat(samples) * 1e3
 
 
 def capture_inputs(model) -> dict:
@@ -60,14 +57,14 @@ def capture_inputs(model) -> dict:
     return seen
 
 
-def parts(layer, x: torch.Tensor, repeats: int) -> dict:
+def parts(layer, x: torch.Tensor, repeats: int, stat) -> dict:
     out = {}
     with torch.no_grad():
-        out["main"] = timed(lambda: layer.main(x), repeats)
+        out["main"] = timed(lambda: layer.main(x), repeats, stat)
         weights = dict(layer.dendrite_weights)
-        out["V stack"] = timed(lambda: layer.adapter.stacked_forward(layer.main, weights, (x,)), repeats)
+        out["V stack"] = timed(lambda: layer.adapter.stacked_forward(layer.main, weights, (x,)), repeats, stat)
         act_fn = lambda: layer._dendrite_activations((x,))  # noqa: E731
-        out["cascade"] = max(timed(act_fn, repeats) - out["V stack"], 0.0)
+        out["cascade"] = max(timed(act_fn, repeats, stat) - out["V stack"], 0.0)
         acts = act_fn()
         pre0 = layer.main(x)
     pre_leaf = pre0.clone().requires_grad_(True)
@@ -78,22 +75,22 @@ def parts(layer, x: torch.Tensor, repeats: int) -> dict:
     def combine():
         pre = layer._add_dendrite_term(pre_leaf, acts)
         torch.autograd.grad(pre, [u], grad)  # only what the term adds: d pre passes through unchanged
-    out["combine"] = timed(combine, repeats)
+    out["combine"] = timed(combine, repeats, stat)
 
     layer.add_candidates(1)
     for p in layer.candidate_parameters():
         p.requires_grad_(True)
-    out["cand fwd"] = timed(lambda: layer._candidate_activations((x,), acts), repeats)
+    out["cand fwd"] = timed(lambda: layer._candidate_activations((x,), acts), repeats, stat)
     cand = layer._candidate_activations((x,), acts)
     err = torch.randn_like(pre0) * 1e-3
     cov_fn = lambda: layer._covariance_gradient(cand.detach(), err)  # noqa: E731
-    out["covariance"] = timed(cov_fn, repeats)
+    out["covariance"] = timed(cov_fn, repeats, stat)
     g = cov_fn()
 
     def cand_bwd():
         c = layer._candidate_activations((x,), acts)
         c.backward(g)
-    out["cand bwd"] = max(timed(cand_bwd, repeats) - out["cand fwd"], 0.0)
+    out["cand bwd"] = max(timed(cand_bwd, repeats, stat) - out["cand fwd"], 0.0)
     layer.discard_candidates()
     return out
 
@@ -106,8 +103,7 @@ def main(argv=None):
     ap.add_argument("--stat", choices=["median", "min"], default="median")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    global STAT
-    STAT = min if args.stat == "min" else statistics.median
+    stat = min if args.stat == "min" else statistics.median
     cols = ["main", "V stack", "cascade", "combine", "cand fwd", "covariance", "cand bwd"]
     print(f"ms per call, {args.stat} of {args.repeats}; threads {torch.get_num_threads()}; batch {TRAIN_BATCH}")
     print(f"{'layer':<6} {'K':>2} " + " ".join(f"{c:>10}" for c in cols))
@@ -115,7 +111,7 @@ def main(argv=None):
         model, _ = build("neuron", k, 1, "cpu")
         inputs = capture_inputs(model)
         for name, layer in pb_core.dendritic_layers(model):
-            res = parts(layer, inputs[name], args.repeats)
+            res = parts(layer, inputs[name], args.repeats, stat)
             print(f"{name:<6} {k:>2} " + " ".join(f"{res[c]:>10.2f}" for c in cols), flush=True)
 
 

@@ -14,7 +14,6 @@ controller does). Epochs of all configurations alternate (interleaved repeats), 
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import tempfile
@@ -28,9 +27,7 @@ import torch  # noqa: E402
 
 import pb_core  # noqa: E402
 from experiments import config as cfgmod  # noqa: E402
-from experiments.tox21.benchmark import BENCHMARK, EVAL_BATCH, load_prepared  # noqa: E402
-from experiments.tox21.data import split_indices  # noqa: E402
-from torch_geometric.loader import DataLoader  # noqa: E402
+from experiments.tox21.benchmark import BENCHMARK, load_prepared, split_loaders  # noqa: E402
 
 
 def build(settings: dict, prepared: Path, device: str, dendrites: int, phase: str):
@@ -66,7 +63,7 @@ def one_epoch(exp, ctl, phase: str, device: str) -> float:
     return time.perf_counter() - start
 
 
-def ops_per_batch(exp, ctl, phase: str, batches: int) -> int:
+def ops_per_batch(exp, ctl, batches: int) -> int:
     """Operator calls (leaf ATen ops: those that launch work) per training batch, from one profiled
     training pass. On a GPU a model this small is bound by launching them, not by arithmetic."""
     from torch.profiler import ProfilerActivity, profile
@@ -78,18 +75,12 @@ def ops_per_batch(exp, ctl, phase: str, batches: int) -> int:
     return round(len(leaves) / batches)
 
 
-def loading_epoch(settings: dict, prepared: Path, device: str):
-    """An epoch's data movement alone: the same loaders as a run (one training pass, three scoring
-    passes), each batch collated and moved to the device, no model. No device can run an epoch faster
-    than this unless the loading is moved off the main process (the runs use num_workers=0)."""
-    graphs = load_prepared(prepared, settings.get("limit"))
-    idx = split_indices(len(graphs), settings["seed"], tuple(settings["split"]))
-    subsets = [[graphs[i] for i in part] for part in idx]
-    loaders = [DataLoader(subsets[0], batch_size=settings["train"]["batch_size"], shuffle=True)]
-    loaders += [DataLoader(s, batch_size=EVAL_BATCH) for s in subsets]
-
-    def run(phase: str) -> None:
-        for loader in loaders[:1] if phase == "dendrite" else loaders:
+def loading_epoch(loaders: list):
+    """An epoch's data movement alone: the run's own loaders (one training pass, three scoring passes),
+    each batch collated and moved to the device, no model. No device can run an epoch faster than this
+    unless the loading is moved off the main process (the runs use num_workers=0)."""
+    def run(device: str) -> None:
+        for loader in loaders:
             for batch in loader:
                 batch.to(device)
     return run
@@ -123,7 +114,8 @@ def main(argv=None) -> int:
             torch.manual_seed(0)
             built[name] = (*build(settings, prepared, args.device, k, phase), phase)
         times: dict[str, list[float]] = {name: [] for name, _, _ in configs}
-        loading = loading_epoch(settings, prepared, args.device)
+        _, train_loader, eval_loaders = split_loaders(load_prepared(prepared, args.limit), settings)
+        loading = loading_epoch([train_loader, *eval_loaders.values()])
         times["data loading only"] = []
         for name, (exp, ctl, phase) in built.items():  # warm-up: first epochs allocate and compile
             one_epoch(exp, ctl, phase, args.device)
@@ -131,14 +123,13 @@ def main(argv=None) -> int:
             for name, (exp, ctl, phase) in built.items():
                 times[name].append(one_epoch(exp, ctl, phase, args.device))
             start = time.perf_counter()
-            loading("neuron")
+            loading(args.device)
             times["data loading only"].append(time.perf_counter() - start)
             print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
 
         ops = {}
         if args.count_ops:
-            batches = len(load_prepared(prepared, args.limit)) * settings["split"][0] / settings["train"]["batch_size"]
-            ops = {name: ops_per_batch(exp, ctl, phase, math.ceil(batches)) for name, (exp, ctl, phase) in built.items()}
+            ops = {name: ops_per_batch(exp, ctl, len(train_loader)) for name, (exp, ctl, _) in built.items()}
 
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {args.threads} thread(s)"
     print(f"TrimNet on Tox21 ({args.limit or 'all'} molecules), {device}, torch {torch.__version__}, "

@@ -37,12 +37,13 @@ def construct_like(m: nn.Module) -> nn.Module:
     raise TypeError(type(m))
 
 
-def naive_copies(main: nn.Module, params: dict, inputs: tuple) -> list[torch.Tensor]:
-    """Copy s of the layer's map, evaluated by its own freshly constructed module: a list of S outputs."""
+def naive_copies(main: nn.Module, params: dict, inputs: tuple, dtype=None) -> list[torch.Tensor]:
+    """Copy s of the layer's map, evaluated by its own freshly constructed module (in ``dtype`` if given):
+    a list of S outputs."""
     copies = next(iter(params.values())).shape[0]
     outs = []
     for s in range(copies):
-        m = construct_like(main)
+        m = construct_like(main).to(dtype)
         m.load_state_dict({k: v[s].detach() for k, v in params.items()})
         args = tuple(t for t in inputs if t is not None)
         out = m(*args)
@@ -56,9 +57,9 @@ def per_neuron(vec: torch.Tensor, like: torch.Tensor, neuron_dim: int) -> torch.
     return vec.reshape(shape)
 
 
-def naive_dendrites(layer: DendriticLayer, inputs: tuple):
-    """(sum_k u_k a_k, [a_k]) by the SPEC formula, each V_k run as its own module."""
-    z = naive_copies(layer.main, dict(layer.dendrite_weights), inputs)
+def naive_dendrites(layer: DendriticLayer, inputs: tuple, dtype=None):
+    """(sum_k u_k a_k, [a_k]) by the SPEC formula, each V_k run as its own module (in ``dtype`` if given)."""
+    z = naive_copies(layer.main, dict(layer.dendrite_weights), inputs, dtype)
     nd = layer.adapter.neuron_dim
     acts = []
     for k, zk in enumerate(z):
@@ -505,22 +506,6 @@ def _copy_map64(main: nn.Module, weight: torch.Tensor, bias: torch.Tensor, x: to
     return F.conv2d(x, weight, bias, main.stride, main.padding, main.dilation, main.groups)
 
 
-def _row64(vec: torch.Tensor, like: torch.Tensor, neuron_dim: int) -> torch.Tensor:
-    return per_neuron(vec.double(), like, neuron_dim)
-
-
-def _dendrite_acts64(layer: DendriticLayer, x: torch.Tensor) -> list[torch.Tensor]:
-    """a_k = sigmoid(V_k x + sum_{j<k} c_kj a_j), each copy by itself, in float64."""
-    w, b, nd = layer.dendrite_weights["weight"], layer.dendrite_weights["bias"], layer.adapter.neuron_dim
-    acts = []
-    for k in range(layer.num_dendrites):
-        z = _copy_map64(layer.main, w[k].detach().double(), b[k].detach().double(), x)
-        for j in range(k):
-            z = z + _row64(layer.dendrite_cascade[k, j].detach(), z, nd) * acts[j]
-        acts.append(torch.sigmoid(z))
-    return acts
-
-
 class _CovarianceReference:
     """The covariance rule written out plainly in float64 on the flat (M, C, N) layout."""
 
@@ -597,7 +582,7 @@ def test_covariance_gradient_and_statistics_match_float64_reference(name, make, 
 
         # float64 reference: candidate activations by the formula, D moved to (M, N), the rule on (M, C, N).
         x64 = x.double()
-        acts = _dendrite_acts64(layer, x64)
+        _, acts = naive_dendrites(layer, (x64,), torch.float64)
         w64 = layer.candidate_weights["weight"].detach().double().requires_grad_(True)
         b64 = layer.candidate_weights["bias"].detach().double().requires_grad_(True)
         casc64 = layer.candidate_cascade.detach().double().requires_grad_(True)
@@ -707,7 +692,7 @@ def test_no_graph_dendrite_forward_matches_formula_and_gradient_of_u(name, make,
     x64 = x.double()
     u64 = layer.dendrite_out.detach().double().requires_grad_(True)
     w64 = main.weight.detach().double().requires_grad_(True)
-    acts = _dendrite_acts64(layer, x64)
+    _, acts = naive_dendrites(layer, (x64,), torch.float64)
     out64 = _copy_map64(main, w64, main.bias.detach().double(), x64)
     for k, a_k in enumerate(acts):
         out64 = out64 + per_neuron(u64[k], a_k, nd) * a_k

@@ -40,13 +40,9 @@ class Tox21Benchmark:
 
     def build(self, settings: dict, prepared: Path, device: str) -> Experiment:
         graphs = load_prepared(prepared, settings.get("limit"))
-        train_idx, val_idx, test_idx = split_indices(len(graphs), settings["seed"], tuple(settings["split"]))
-        subsets = {name: [graphs[i] for i in idx]
-                   for name, idx in (("train", train_idx), ("val", val_idx), ("test", test_idx))}
+        train_idx, train_loader, eval_loaders = split_loaders(graphs, settings)
         weights = class_weights(graphs, train_idx).to(device)
         train_cfg = settings["train"]
-        train_loader = DataLoader(subsets["train"], batch_size=train_cfg["batch_size"], shuffle=True)
-        eval_loaders = {name: DataLoader(data, batch_size=EVAL_BATCH) for name, data in subsets.items()}
         model = TrimNet(**settings["model"], out_dim=24).to(device)
 
         def train_epoch(model, optimizer) -> float:
@@ -82,6 +78,16 @@ class Tox21Benchmark:
             scheduler_factory=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(
                 opt, mode="max", patience=train_cfg["plateau_patience"], factor=train_cfg["plateau_factor"]),
             head=OUTPUT_LAYER_NAME)
+
+
+def split_loaders(graphs: list, settings: dict):
+    """The run's seeded train/val/test split of ``graphs`` and its loaders:
+    (training indices, shuffled training loader, {"train"|"val"|"test": scoring loader})."""
+    parts = split_indices(len(graphs), settings["seed"], tuple(settings["split"]))
+    subsets = {name: [graphs[i] for i in idx] for name, idx in zip(("train", "val", "test"), parts)}
+    train_loader = DataLoader(subsets["train"], batch_size=settings["train"]["batch_size"], shuffle=True)
+    eval_loaders = {name: DataLoader(data, batch_size=EVAL_BATCH) for name, data in subsets.items()}
+    return parts[0], train_loader, eval_loaders
 
 
 def load_prepared(prepared: Path, limit: int | None = None) -> list:
