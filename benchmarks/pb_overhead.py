@@ -11,11 +11,17 @@ via the CycleController). Synthetic 28x28 inputs and labels. For K = 0..--max-k 
   relative to K = 0.                                               floor (3 + K) / 3
 * dendrite-phase step (C candidates per neuron, network frozen, covariance tap active), relative to
   the K = 0 neuron step.                                           floor (2 + 2C + K) / 3
+  (``--snapshot measured``, the library's default, also evaluates the frozen probe copy of the
+  candidates: one more forward per candidate,                       floor (2 + 3C + K) / 3)
 * inference inputs/s at batch 1 and 100 (eval, no_grad), time per input relative to the plain
   (unwrapped) model.                                               floor 1 + K
 * peak memory of each configuration, measured in a fresh subprocess (CPU: ru_maxrss growth over
   the steps; CUDA: torch.cuda.max_memory_allocated above the memory held before the steps).
 * parameters (pb_core.count_parameters).
+* optional, when the ``perforatedai`` package is installed (``--perforatedai``): the openly published
+  package on the same CNN with the same K dendrites (added through its own tracker; its dendrites train
+  jointly with the network), side by side in the same run: training steps/s (Adadelta over everything
+  it trains) and inference inputs/s at batch 1 and 100, beside pb_core's neuron-phase step and inference.
 
 The floors count multiply-adds of the wrapped layers only: a plain step is one forward (1) and one
 backward (2: input and weight gradients); each perforated dendrite adds one forward and no backward;
@@ -30,6 +36,7 @@ iterations in turn (interleaved, so load from other processes hits all of them a
 over repeats of the per-repeat ratio to the reference (both timed in the same repeat).
 
     python benchmarks/pb_overhead.py [--device cpu|cuda] [--repeats 7] [--batches 10] [--threads 2]
+                                     [--candidates 1] [--snapshot measured|epoch_end] [--perforatedai]
                                      [--out results.csv] [--no-memory]
 """
 from __future__ import annotations
@@ -51,36 +58,14 @@ sys.path.insert(0, str(HERE.parent))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
 
 import pb_core  # noqa: E402
+from experiments.emnist.model import MnistNet  # noqa: E402  (the PyTorch MNIST example CNN, 47 classes)
 
 NUM_CLASSES = 47
+CLOCK = time.perf_counter  # --clock cpu: time.process_time
 TRAIN_BATCH = 64
 TARGET = 1.15
-
-
-class MnistNet(nn.Module):
-    """The PyTorch MNIST example's CNN with a 47-class head (EMNIST Balanced)."""
-
-    def __init__(self, num_classes: int = NUM_CLASSES):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, 1)
-        self.conv2 = nn.Conv2d(32, 64, 3, 1)
-        self.dropout1 = nn.Dropout(0.25)
-        self.dropout2 = nn.Dropout(0.5)
-        self.fc1 = nn.Linear(9216, 128)
-        self.fc2 = nn.Linear(128, num_classes)
-
-    def forward(self, x):
-        x = F.relu(self.conv1(x))
-        x = F.relu(self.conv2(x))
-        x = F.max_pool2d(x, 2)
-        x = self.dropout1(x)
-        x = torch.flatten(x, 1)
-        x = F.relu(self.fc1(x))
-        x = self.dropout2(x)
-        return self.fc2(x)
 
 
 def adadelta(params):
@@ -88,7 +73,52 @@ def adadelta(params):
 
 
 # ---------------------------------------------------------------------------------------------- builders
-def build(kind: str, k: int, candidates: int, device: str, seed: int = 0):
+def build_perforatedai(k: int, device: str, seed: int = 0):
+    """The same CNN converted by the ``perforatedai`` package, with k dendrites per neuron, in its neuron
+    training mode (dendrites train jointly with the network), and an Adadelta over what it trains.
+
+    The package keeps one global tracker and writes its configuration into the working directory, so this
+    runs in a scratch directory with its printing silenced. A dendrite is added the package's way: a
+    neuron-mode backward records what it needs, ``set_dendrite_training`` adds a candidate, one
+    dendrite-mode backward sizes it, ``set_neuron_training`` makes it a dendrite.
+    """
+    import contextlib
+    import io
+    import os
+    import tempfile
+
+    from perforatedai import globals_perforatedai as GPA
+    from perforatedai import utils_perforatedai as UPA
+
+    here = os.getcwd()
+    scratch = tempfile.mkdtemp(prefix="pai_")
+    try:
+        os.chdir(scratch)
+        with contextlib.redirect_stdout(io.StringIO()):
+            GPA.pc.set_testing_dendrite_capacity(False)
+            GPA.pc.set_unwrapped_modules_confirmed(True)
+            GPA.pc.set_configuration_confirmed(True)
+            GPA.pc.set_weight_decay_accepted(True)
+            torch.manual_seed(seed)
+            model = UPA.perforate_model(MnistNet(), doing_pai=True, save_name="bench", making_graphs=False,
+                                        maximizing_score=True)
+            model.fc1.set_this_output_dimensions([-1, 0])
+            model.fc2.set_this_output_dimensions([-1, 0])
+            GPA.pai_tracker.set_optimizer_instance(adadelta(model.parameters()))
+            xs, ys = make_data(TRAIN_BATCH, "cpu", count=1)
+            for _ in range(k):
+                F.cross_entropy(model(xs[0]), ys[0]).backward()
+                GPA.pai_tracker.set_dendrite_training()
+                F.cross_entropy(model(xs[0]), ys[0]).backward()
+                GPA.pai_tracker.set_neuron_training()
+            model.zero_grad(set_to_none=True)
+    finally:
+        os.chdir(here)
+    model = model.to(device)
+    return model, adadelta([p for p in model.parameters() if p.requires_grad])
+
+
+def build(kind: str, k: int, candidates: int, device: str, seed: int = 0, snapshot: str = "measured"):
     """(model, optimizer or None) for one configuration.
 
     kind: "plain" (unwrapped), "neuron" or "dendrite" (wrapped, K dendrites, phase configured by the
@@ -98,6 +128,8 @@ def build(kind: str, k: int, candidates: int, device: str, seed: int = 0):
     model = MnistNet().to(device)
     if kind == "plain":
         return model, adadelta(model.parameters())
+    if kind.startswith("pai"):
+        return build_perforatedai(k, device, seed)
     ctl = pb_core.CycleController(model, "pb", optimizer_factory=adadelta)
     for _ in range(k):
         for layer in ctl.layers.values():
@@ -108,7 +140,7 @@ def build(kind: str, k: int, candidates: int, device: str, seed: int = 0):
             layer.dendrite_out.uniform_(0.05, 0.2)
     if kind == "dendrite":
         for layer in ctl.layers.values():
-            layer.add_candidates(candidates)
+            layer.add_candidates(candidates, snapshot=snapshot)
     ctl.state.phase = "dendrite" if kind == "dendrite" else "neuron"
     ctl._configure_phase()  # the controller's own flags: perforation, frozen V/c, trainable u or candidates
     layers = list(ctl.layers.values())
@@ -136,10 +168,13 @@ def make_data(batch: int, device: str, count: int = 4, seed: int = 1):
 class Config:
     """One timed configuration: a model, its data and one iteration (a training step or a forward)."""
 
-    def __init__(self, section: str, kind: str, k: int, candidates: int, batch: int, device: str):
+    def __init__(self, section: str, kind: str, k: int, candidates: int, batch: int, device: str,
+                 snapshot: str = "measured"):
         self.section, self.kind, self.k, self.c, self.batch, self.device = section, kind, k, candidates, batch, device
-        build_kind = kind if section == "train" else ("plain" if kind == "plain" else "infer")
-        self.model, self.optimizer = build(build_kind, k, candidates, device)
+        build_kind = kind if section == "train" or kind in ("plain", "pai") else "infer"
+        self.model, self.optimizer = build(build_kind, k, candidates, device, snapshot=snapshot)
+        if section != "train":
+            self.optimizer = None
         self.xs, self.ys = make_data(batch, device)
         self.i = 0
         if section == "train":
@@ -151,6 +186,8 @@ class Config:
     def label(self) -> str:
         if self.kind == "plain":
             return "plain"
+        if self.kind == "pai":
+            return f"perforatedai K={self.k}"
         return f"{self.kind} K={self.k}" + (f" C={self.c}" if self.kind == "dendrite" else "")
 
     def iteration(self):
@@ -166,14 +203,14 @@ class Config:
                 self.model(x)
 
     def run(self, n: int) -> float:
-        """Seconds per iteration over n iterations."""
+        """Seconds per iteration over n iterations (wall clock, or this process's CPU time with --clock cpu)."""
         sync = torch.cuda.synchronize if self.device.startswith("cuda") else (lambda: None)
         sync()
-        start = time.perf_counter()
+        start = CLOCK()
         for _ in range(n):
             self.iteration()
         sync()
-        return (time.perf_counter() - start) / n
+        return (CLOCK() - start) / n
 
 
 # ---------------------------------------------------------------------------------------------- memory
@@ -207,7 +244,8 @@ def memory_child(spec: dict) -> dict:
     is not allowed it falls back to ru_maxrss and says whether the peak fell inside the steps.
     """
     torch.set_num_threads(spec["threads"])
-    cfg = Config(spec["section"], spec["kind"], spec["k"], spec["c"], spec["batch"], spec["device"])
+    cfg = Config(spec["section"], spec["kind"], spec["k"], spec["c"], spec["batch"], spec["device"],
+                 spec.get("snapshot", "measured"))
     gc.collect()
     if spec["device"].startswith("cuda"):
         torch.cuda.synchronize()
@@ -236,11 +274,15 @@ def measure_memory(spec: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- report
-def floor_for(section: str, kind: str, k: int, c: int) -> float:
+def floor_for(section: str, kind: str, k: int, c: int, snapshot: str = "measured") -> float:
     if section == "train":
         if kind == "plain":
             return 1.0
-        return (3 + k) / 3 if kind == "neuron" else (2 + 2 * c + k) / 3
+        if kind == "neuron":
+            return (3 + k) / 3
+        if kind == "pai":  # its dendrites train jointly: each one a forward and a full backward
+            return 1.0 + k
+        return (2 + 2 * c + k + (c if snapshot == "measured" else 0)) / 3
     return 1.0 if kind == "plain" else 1.0 + k
 
 
@@ -259,7 +301,7 @@ def machine_line(args) -> str:
     dev = args.device
     if dev.startswith("cuda"):
         dev = f"{dev} ({torch.cuda.get_device_name()})"
-    return (f"machine: {cpu}; device {dev}; torch {torch.__version__}; threads {torch.get_num_threads()}; "
+    return (f"machine: {cpu}; device {dev}; torch {torch.__version__}; threads {torch.get_num_threads()}; clock {args.clock}; "
             f"repeats {args.repeats}; iterations/repeat: train {args.batches}, infer b100 {args.batches}, "
             f"infer b1 {args.batches * 10}; warm-up {args.warmup}")
 
@@ -273,11 +315,20 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--max-k", type=int, default=3)
     ap.add_argument("--candidates", type=int, default=1, help="C, candidates per neuron in the dendrite phase")
+    ap.add_argument("--snapshot", default="measured", choices=["measured", "epoch_end"],
+                    help="candidate_snapshot of the dendrite phase (measured: one more candidate forward)")
+    ap.add_argument("--perforatedai", action="store_true",
+                    help="also time the perforatedai package at the same K (needs it installed)")
     ap.add_argument("--out", type=Path, default=None, help="CSV with every measurement")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: this process's CPU time, which a machine shared with other jobs inflates far less "
+                         "than wall time (use with --threads 1: idle OpenMP threads spin)")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-configuration memory subprocesses")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.memory_child is not None:
         print(json.dumps(memory_child(json.loads(args.memory_child))))
         return
@@ -288,12 +339,21 @@ def main(argv=None):
     c = args.candidates
     device = args.device if args.device == "cpu" else "cuda"
 
+    if args.perforatedai:
+        try:
+            import perforatedai  # noqa: F401
+        except ImportError as exc:
+            ap.error(f"--perforatedai: the package cannot be imported ({exc}); pip install perforatedai")
     configs = [Config("train", "plain", 0, 0, TRAIN_BATCH, device)]
     configs += [Config("train", "neuron", k, 0, TRAIN_BATCH, device) for k in ks]
-    configs += [Config("train", "dendrite", k, c, TRAIN_BATCH, device) for k in ks]
+    configs += [Config("train", "dendrite", k, c, TRAIN_BATCH, device, args.snapshot) for k in ks]
+    if args.perforatedai:
+        configs += [Config("train", "pai", k, 0, TRAIN_BATCH, device) for k in ks]
     for batch in (1, 100):
         configs.append(Config(f"infer{batch}", "plain", 0, 0, batch, device))
         configs += [Config(f"infer{batch}", "pb", k, 0, batch, device) for k in ks]
+        if args.perforatedai:
+            configs += [Config(f"infer{batch}", "pai", k, 0, batch, device) for k in ks]
     iters = {cfg: args.batches * (10 if cfg.section == "infer1" else 1) for cfg in configs}
 
     print(machine_line(args), flush=True)
@@ -320,14 +380,17 @@ def main(argv=None):
     for cfg in configs:
         if cfg.section == "train" and cfg.kind == "neuron":
             params[cfg.k] = pb_core.count_parameters(cfg.model)
+        if cfg.section == "train" and cfg.kind == "pai":  # everything it holds (its own count may differ)
+            params[("pai", cfg.k)] = sum(p.numel() for p in cfg.model.parameters())
 
     memory = {}
     if not args.no_memory:
         for cfg in configs:
-            if cfg.section == "infer1":
+            if cfg.section == "infer1" or cfg.kind == "pai":
                 continue
             spec = {"section": cfg.section, "kind": cfg.kind, "k": cfg.k, "c": cfg.c, "batch": cfg.batch,
-                    "device": device, "threads": args.threads, "steps": max(3, args.warmup)}
+                    "device": device, "threads": args.threads, "steps": max(3, args.warmup),
+                    "snapshot": args.snapshot}
             memory[cfg] = measure_memory(spec)
 
     rows = []
@@ -342,8 +405,8 @@ def main(argv=None):
             continue
         med = statistics.median(samples[cfg])
         rat, lo, hi = ratio(cfg)
-        fl = floor_for(cfg.section, cfg.kind, cfg.k, cfg.c)
-        p = params["plain"] if cfg.kind == "plain" else params[cfg.k]
+        fl = floor_for(cfg.section, cfg.kind, cfg.k, cfg.c, args.snapshot)
+        p = {"plain": params["plain"], "pai": params.get(("pai", cfg.k))}.get(cfg.kind, params.get(cfg.k))
         mem = memory.get(cfg)
         mem_s = "-" if mem is None else f"{'' if mem['exact'] else '<='}{mem['peak_mib']:.0f}"
         print(f"{cfg.label:<20} {p:>10,} {med:>8.4f} {rat:>6.2f} {f'[{lo:.2f}-{hi:.2f}]':>13} {fl:>6.2f} "
@@ -368,14 +431,30 @@ def main(argv=None):
             fl = floor_for(cfg.section, cfg.kind, cfg.k, cfg.c)
             mem = memory.get(cfg)
             mem_s = "-" if mem is None else f"{'' if mem['exact'] else '<='}{mem['peak_mib']:.0f}"
-            label = "plain (unwrapped)" if cfg.kind == "plain" else f"pb K={cfg.k}"
+            label = {"plain": "plain (unwrapped)", "pai": f"perforatedai K={cfg.k}"}.get(cfg.kind, f"pb K={cfg.k}")
             print(f"{label:<20} {batch / med:>10,.0f} {rat:>6.2f} {f'[{lo:.2f}-{hi:.2f}]':>13} {fl:>6.2f} "
                   f"{rat / fl:>7.2f} {fmt_ok(rat, fl) if cfg.kind != 'plain' else '':>6} {mem_s:>9}")
             rows.append({"section": f"inference_b{batch}", "config": label, "kind": cfg.kind, "K": cfg.k, "C": 0,
-                         "batch": batch, "params": params["plain"] if cfg.kind == "plain" else params[cfg.k],
+                         "batch": batch, "params": {"plain": params["plain"], "pai": params.get(("pai", cfg.k))}.get(
+                             cfg.kind, params.get(cfg.k)),
                          "seconds_median": med, "inputs_per_s": batch / med, "ratio": rat, "ratio_min": lo,
                          "ratio_max": hi, "reference": "plain (unwrapped)", "floor": fl,
                          "within_target": rat <= TARGET * fl, "peak_mib": None if mem is None else mem["peak_mib"]})
+    if args.perforatedai:
+        print()
+        print("pb_core vs perforatedai at equal K, same run (train: pb_core's neuron-phase step vs perforatedai's "
+              "joint step, steps/s; inference: inputs/s)")
+        head = f"{'K':>2} {'train pb':>9} {'train pai':>9} {'x':>5} {'b1 pb':>8} {'b1 pai':>8} {'x':>5} {'b100 pb':>8} {'b100 pai':>8} {'x':>5}"
+        print(head)
+        print("-" * len(head))
+        rate = {(cfg.section, cfg.kind, cfg.k): cfg.batch / statistics.median(samples[cfg]) for cfg in configs}
+        steps = {key: value / TRAIN_BATCH for key, value in rate.items() if key[0] == "train"}
+        for k in ks:
+            t_pb, t_pai = steps[("train", "neuron", k)], steps[("train", "pai", k)]
+            b1 = rate[("infer1", "pb", k)], rate[("infer1", "pai", k)]
+            b100 = rate[("infer100", "pb", k)], rate[("infer100", "pai", k)]
+            print(f"{k:>2} {t_pb:>9.1f} {t_pai:>9.1f} {t_pb / t_pai:>5.2f} {b1[0]:>8.0f} {b1[1]:>8.0f} "
+                  f"{b1[0] / b1[1]:>5.2f} {b100[0]:>8.0f} {b100[1]:>8.0f} {b100[0] / b100[1]:>5.2f}")
     print()
     print("Parameters (pb_core.count_parameters; candidates never counted): " +
           ", ".join([f"plain {params['plain']:,}"] +

@@ -277,13 +277,121 @@ class GRUAdapter(LayerAdapter):
         return _gate_major_inverse(name, tensor, like)
 
 
+
+# Suffix of a bidirectional GRU's stacked parameters: both directions of one weight or bias, on axis 1.
+_BOTH_DIRECTIONS = "_both_directions"
+
+
+class BidirectionalGRUAdapter(GRUAdapter):
+    """``nn.GRU`` in either direction; unidirectional ones exactly as :class:`GRUAdapter`.
+
+    A bidirectional GRU's output holds the forward direction's H hidden units, then the backward
+    direction's: its 2H neurons are those units, in that order. A dendrite is a copy of the whole
+    bidirectional GRU (every layer, both directions) run over the same sequence from the same initial
+    state. Its stacked parameters pair the two directions of each weight on axis 1: ``weight_ih_l0`` and
+    ``weight_ih_l0_reverse`` become ``weight_ih_l0_both_directions`` of shape (S, 2, 3H, I), so neuron
+    ``d*H + i`` (direction d, unit i) owns rows ``[:, d, gate*H + i]``. The S copies run as ONE wide
+    bidirectional GRU of hidden size S*H with block-diagonal weights (one fused kernel call). The
+    processing functions put the summed output's last time step (forward half) and first time step
+    (backward half) back into the last layer's two final states in ``h_n``.
+    """
+
+    def check(self, module: nn.GRU, name: str) -> None:
+        if not module.bidirectional:
+            return super().check(module, name)
+
+    def num_neurons(self, module: nn.GRU) -> int:
+        return module.hidden_size * (2 if module.bidirectional else 1)
+
+    def parameter_names(self, module: nn.GRU) -> list[str]:
+        if not module.bidirectional:
+            return super().parameter_names(module)
+        return [n + _BOTH_DIRECTIONS for n, _ in module.named_parameters(recurse=False) if not n.endswith("_reverse")]
+
+    def fresh_parameters(self, module: nn.GRU, copies: int) -> dict[str, torch.Tensor]:
+        if not module.bidirectional:
+            return super().fresh_parameters(module, copies)
+        names = [n[: -len(_BOTH_DIRECTIONS)] for n in self.parameter_names(module)]
+        stacks: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        with torch.no_grad():
+            for _ in range(copies):
+                clone = copy.deepcopy(module)
+                clone.reset_parameters()  # the distribution the GRU itself was drawn from
+                for n in names:
+                    stacks[n].append(torch.stack([getattr(clone, n), getattr(clone, n + "_reverse")]).detach().clone())
+        out = {}
+        for n, values in stacks.items():
+            param = getattr(module, n)
+            out[n + _BOTH_DIRECTIONS] = torch.stack(values) if values else param.detach().new_zeros((0, 2, *param.shape))
+        return out
+
+    def stacked_forward(self, module, params, inputs):
+        if not module.bidirectional:
+            return super().stacked_forward(module, params, inputs)
+        x, h = inputs
+        unbatched = x.dim() == 2
+        if unbatched:
+            x = x.unsqueeze(1 if not module.batch_first else 0)
+            h = None if h is None else h.unsqueeze(1)
+        hidden, layers = module.hidden_size, module.num_layers
+        copies = params["weight_ih_l0" + _BOTH_DIRECTIONS].shape[0]
+        batch = x.shape[0] if module.batch_first else x.shape[1]
+        if h is None:
+            h = x.new_zeros(2 * layers, batch, hidden)
+        wide_h = h.unsqueeze(-2).expand(2 * layers, batch, copies, hidden).reshape(2 * layers, batch, copies * hidden)
+        eye = torch.eye(copies, dtype=x.dtype, device=x.device)
+        flat = []
+        for layer in range(layers):
+            w_ih = params[f"weight_ih_l{layer}" + _BOTH_DIRECTIONS]  # (S, 2, 3H, I)
+            w_hh = params[f"weight_hh_l{layer}" + _BOTH_DIRECTIONS]  # (S, 2, 3H, H)
+            for direction in range(2):
+                wi = w_ih[:, direction].unflatten(1, (3, hidden)).transpose(0, 1)  # (3, S, H, I)
+                wh = w_hh[:, direction].unflatten(1, (3, hidden)).transpose(0, 1)  # (3, S, H, H)
+                if layer == 0:  # every copy reads the same input
+                    flat.append(wi.reshape(3 * copies * hidden, -1))
+                else:  # copy s reads its own forward and backward outputs of the layer below
+                    wi = wi.unflatten(-1, (2, hidden))  # (3, S, H, 2, H): the input's two halves
+                    flat.append(torch.einsum("gshdi,st->gshdti", wi, eye).reshape(3 * copies * hidden, -1))
+                flat.append(torch.einsum("gshi,st->gshti", wh, eye).reshape(3 * copies * hidden, -1))
+                if module.bias:
+                    for kind in ("ih", "hh"):
+                        b = params[f"bias_{kind}_l{layer}" + _BOTH_DIRECTIONS][:, direction]  # (S, 3H)
+                        flat.append(b.unflatten(1, (3, hidden)).transpose(0, 1).reshape(-1))
+        out, _ = torch._VF.gru(x, wide_h.contiguous(), flat, module.bias, layers, 0.0, False, True,
+                               module.batch_first)
+        # (..., [forward S*H | backward S*H]) -> (..., S, [forward H | backward H])
+        out = out.unflatten(-1, (2, copies, hidden)).transpose(-3, -2).flatten(-2)
+        return out.squeeze(1 if not module.batch_first else 0) if unbatched else out
+
+    def rebuild_output(self, module, output, pre):
+        if not module.bidirectional:
+            return super().rebuild_output(module, output, pre)
+        _, h_n = output
+        hidden = module.hidden_size
+        time_dim = 1 if (module.batch_first and pre.dim() == 3) else 0
+        # The forward direction ends at the last time step, the backward direction at the first.
+        last_forward = pre.select(time_dim, -1)[..., :hidden]
+        last_backward = pre.select(time_dim, 0)[..., hidden:]
+        return pre, torch.cat([h_n[:-2], last_forward.unsqueeze(0), last_backward.unsqueeze(0)], dim=0)
+
+    def to_neuron_major(self, name, stacked):
+        if not name.endswith(_BOTH_DIRECTIONS):
+            return super().to_neuron_major(name, stacked)
+        # (S, 2, 3H, ...) -> (S, 2H, 3, ...): neuron d*H + i holds its three gate rows.
+        return stacked.unflatten(2, (3, -1)).transpose(2, 3).flatten(1, 2)
+
+    def from_neuron_major(self, name, tensor, like):
+        if not name.endswith(_BOTH_DIRECTIONS):
+            return super().from_neuron_major(name, tensor, like)
+        return tensor.unflatten(1, (2, -1)).transpose(2, 3).reshape(like.shape)
+
 _ADAPTERS: dict[type, LayerAdapter] = {
     nn.Linear: LinearAdapter(),
     nn.Conv1d: ConvAdapter(1),
     nn.Conv2d: ConvAdapter(2),
     nn.Conv3d: ConvAdapter(3),
     nn.GRUCell: GRUCellAdapter(),
-    nn.GRU: GRUAdapter(),
+    nn.GRU: BidirectionalGRUAdapter(),  # unidirectional GRUs: GRUAdapter's behaviour, inherited
 }
 
 

@@ -23,18 +23,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import records
-from .layer import DendriticLayer
+from .layer import CANDIDATE_DEFAULTS, check_candidate_settings
 from .variants import Variant, get_variant
 from .wrap import count_parameters, dendritic_layers, wrap
 
 log = logging.getLogger("pb_core")
 
 CHECKPOINT_VERSION = 1
+DEFAULT_NOISE_ALPHA = 0.05
+DEFAULT_CANDIDATES = 4                         # covariance candidates per neuron (gradient variants: 1)
+DEFAULT_CANDIDATE_OPTIMIZER = {"lr_scale": 5.0}  # the network's optimizer at 5x its learning rate
 
 
 class Scores(NamedTuple):
@@ -121,6 +123,47 @@ def _restore(model: nn.Module, snapshot: dict) -> None:
     model.load_state_dict(snapshot["state"])
 
 
+def optimizer_from_spec(spec: dict | Callable, network_factory: Callable | None = None) -> Callable:
+    """An optimizer factory (``params -> Optimizer``) from a config mapping.
+
+    ``{"name": "adam", "lr": 0.01, ...}``: ``name`` is any ``torch.optim`` class, case-insensitive; the
+    other keys are its arguments. ``{"lr_scale": 5.0}`` (no name): the network's own factory
+    (``network_factory``) with every learning rate multiplied by ``lr_scale``. A callable is returned as it is.
+    """
+    if callable(spec):
+        return spec
+    if isinstance(spec, dict) and "name" not in spec and set(spec) == {"lr_scale"}:
+        scale = float(spec["lr_scale"])
+        if not scale > 0 or network_factory is None:
+            raise ValueError(f"optimizer spec {spec!r}: lr_scale must be > 0 and needs the network's optimizer factory")
+
+        def scaled(params):
+            optimizer = network_factory(params)
+            for group in optimizer.param_groups:
+                group["lr"] = group["lr"] * scale
+            return optimizer
+        return scaled
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ValueError(f"an optimizer spec is a mapping with a 'name' (e.g. {{'name': 'adam', 'lr': 0.01}}), or "
+                         f"{{'lr_scale': 5.0}}, or a callable params -> optimizer; got {spec!r}")
+    classes = {n.lower(): getattr(torch.optim, n) for n in dir(torch.optim)
+               if isinstance(getattr(torch.optim, n), type) and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
+               and getattr(torch.optim, n) is not torch.optim.Optimizer}
+    name = str(spec["name"]).lower()
+    if name not in classes:
+        raise ValueError(f"unknown optimizer {spec['name']!r}; torch.optim has {sorted(classes)}")
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    cls = classes[name]
+    return lambda params: cls(params, **kwargs)
+
+
+def noise_z(alpha: float, comparisons: int) -> float:
+    """The z that a pure-noise improvement exceeds with probability at most ``alpha`` over ``comparisons``
+    independent two-sided tests (Bonferroni): Phi^-1(1 - alpha / (2 comparisons))."""
+    p = torch.tensor(alpha / (2 * max(comparisons, 1)), dtype=torch.float64)
+    return float(-torch.special.ndtri(p))
+
+
 def default_scheduler_step(scheduler, metric: float) -> None:
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
         scheduler.step(metric)
@@ -139,15 +182,33 @@ class CycleController:
             epoch (``ReduceLROnPlateau`` gets the validation score, or the mean correlation in a dendrite
             phase).
         neuron_switch / dendrite_switch: :class:`SwitchPolicy` per phase (dendrite defaults to neuron's).
-        candidates: candidate dendrites per neuron (C).
+        candidates: candidate dendrites per neuron (C); None: 4 for covariance variants, 1 for gd_dendrites.
         max_dendrites: stop after the neuron cycle that has this many dendrites.
         cap_dendrite_phase: cap every dendrite phase at the length of the first neuron phase.
         dendrite_improvement: what counts as progress in a covariance dendrite phase (patience resets):
-            ``"neuron"`` (SPEC wording): some neuron's best candidate raised its best |correlation| by
-            more than the thresholds; ``"layer"``: some layer's mean over its neurons of the best
-            candidate's |correlation| this epoch beat that layer's best epoch mean by more than the
-            thresholds. With thousands of neurons, per-neuron records set by sampling noise alone keep
-            "neuron" going for ever; the layer mean averages that noise away.
+            ``"neuron"`` (SPEC wording): some neuron has a candidate that raised its |correlation| beyond
+            its reference by more than the thresholds (and the noise margin below); ``"layer"``: some
+            layer's mean over its neurons of the best candidate's |correlation| this epoch beat that
+            layer's best epoch mean by more than the thresholds (and the noise margin over sqrt(N)).
+        dendrite_noise_alpha: makes the dendrite-phase criterion noise-aware. A pair's improvement must
+            exceed z standard errors of the epoch correlation (estimated per layer and epoch from the
+            disagreement of the odd and even batches), with z chosen so that pure noise resets patience
+            within one patience window with probability at most ``alpha`` (Bonferroni over every candidate
+            of every neuron and the patience's epochs; see :func:`noise_z`). None: the thresholds alone
+            (the rule before this option; with thousands of neurons sampling noise alone keeps
+            "neuron" going for ever).
+        candidate_init / candidate_init_std / candidate_objective / candidate_snapshot / candidate_selection:
+            how covariance candidates are drawn, trained, measured and chosen (see
+            :class:`~pb_core.DendriticLayer`); ``candidate_init`` also draws gd_dendrites' and gd_joint's
+            new dendrites.
+        candidate_optimizer: optimizer for dendrite phases: a factory ``params -> Optimizer``, a mapping
+            ``{"name": "adam", "lr": 0.01, ...}``, or ``{"lr_scale": s}``: the network's optimizer factory with
+            s times its learning rate (:func:`optimizer_from_spec`); None: ``optimizer_factory`` as it is.
+            Default ``{"lr_scale": 5.0}`` (benchmarks/candidate_study.py: with the network's own rate the
+            candidates barely learn). ``candidate_optimizer_factory`` is the older name of the same argument.
+        stop_on_no_improvement: True (SPEC): stop after a neuron cycle that did not beat the previous one.
+            False: keep adding dendrites up to ``max_dendrites`` (a protocol that scores every dendrite
+            count); the final model is still the best one.
         mode: "max" if a higher validation score is better, "min" otherwise.
         layers / head / activation: override the variant's layer preset, name the output layer, choose g.
         baseline_cycles: for a dendrite-free variant, run neuron cycles of exactly these lengths, each
@@ -162,10 +223,17 @@ class CycleController:
     def __init__(self, model: nn.Module, variant: str | Variant = "pb", *,
                  optimizer_factory: Callable, scheduler_factory: Callable | None = None,
                  neuron_switch: SwitchPolicy | None = None, dendrite_switch: SwitchPolicy | None = None,
-                 candidates: int = 1, max_dendrites: int | None = None, cap_dendrite_phase: bool = False,
-                 dendrite_improvement: str = "neuron",
+                 candidates: int | None = None, max_dendrites: int | None = None, cap_dendrite_phase: bool = False,
+                 dendrite_improvement: str = "neuron", dendrite_noise_alpha: float | None = DEFAULT_NOISE_ALPHA,
                  mode: str = "max", layers=None, head: str | None = None, activation: str = "sigmoid",
                  baseline_cycles: list[int] | None = None, candidate_optimizer_factory: Callable | None = None,
+                 candidate_optimizer: dict | Callable | None = DEFAULT_CANDIDATE_OPTIMIZER,
+                 candidate_init: str = CANDIDATE_DEFAULTS["init"],
+                 candidate_init_std: float = CANDIDATE_DEFAULTS["init_std"],
+                 candidate_objective: str = CANDIDATE_DEFAULTS["objective"],
+                 candidate_snapshot: str = CANDIDATE_DEFAULTS["snapshot"],
+                 candidate_selection: str = CANDIDATE_DEFAULTS["selection"],
+                 stop_on_no_improvement: bool = True,
                  scheduler_step: Callable = default_scheduler_step, max_total_epochs: int | None = None,
                  out_dir: str | Path | None = None, on_epoch_end: list[Callable] | None = None,
                  summary_extra: dict | None = None):
@@ -173,17 +241,34 @@ class CycleController:
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         if dendrite_improvement not in ("neuron", "layer"):
             raise ValueError(f"dendrite_improvement must be 'neuron' or 'layer', got {dendrite_improvement!r}")
+        self.variant = get_variant(variant)
+        if candidates is None:  # gradient-trained candidates all feed the output: one per neuron
+            candidates = 1 if self.variant.learning == "gradient" else DEFAULT_CANDIDATES
         if candidates < 1:
             raise ValueError(f"candidates must be >= 1, got {candidates}")
+        if not stop_on_no_improvement and max_dendrites is None:
+            raise ValueError("stop_on_no_improvement=False needs max_dendrites (otherwise the run never ends)")
+        if dendrite_noise_alpha is not None and not 0 < dendrite_noise_alpha < 1:
+            raise ValueError(f"dendrite_noise_alpha must be in (0, 1) or None, got {dendrite_noise_alpha}")
+        if candidate_optimizer_factory is not None:  # the older name of the same argument
+            candidate_optimizer = candidate_optimizer_factory
+        check_candidate_settings(candidate_init, candidate_init_std, candidate_objective, candidate_snapshot,
+                                 candidate_selection)
         self.model = model
-        self.variant = get_variant(variant)
         if baseline_cycles is not None and self.variant.has_dendrites:
             raise ValueError("baseline_cycles is for dendrite-free variants (a compute-matched control)")
         if self.variant.learning == "gradient" and candidates != 1:
             raise ValueError(f"variant {self.variant.name} trains one gradient candidate per neuron; got candidates={candidates}")
         self.optimizer_factory = optimizer_factory
         self.scheduler_factory = scheduler_factory
-        self.candidate_optimizer_factory = candidate_optimizer_factory or optimizer_factory
+        self.candidate_optimizer = candidate_optimizer if isinstance(candidate_optimizer, dict) else None  # signature
+        self.candidate_optimizer_factory = (optimizer_from_spec(candidate_optimizer, optimizer_factory)
+                                            if candidate_optimizer is not None else optimizer_factory)
+        self.candidate_settings = {"init": candidate_init, "init_std": candidate_init_std,
+                                   "objective": candidate_objective, "snapshot": candidate_snapshot,
+                                   "selection": candidate_selection}
+        self.dendrite_noise_alpha = dendrite_noise_alpha
+        self.stop_on_no_improvement = stop_on_no_improvement
         self.neuron_switch = neuron_switch or SwitchPolicy()
         self.dendrite_switch = dendrite_switch or self.neuron_switch
         self.candidates = candidates
@@ -200,6 +285,9 @@ class CycleController:
         self.layer_names = wrap(model, layers if layers is not None else self.variant.layers,
                                 head=head, activation=activation) if self.variant.has_dendrites else []
         self.layers = dict(dendritic_layers(model))
+        for layer in self.layers.values():  # kept on the layers, so a resumed phase rebuilds the same statistics
+            for key, value in self.candidate_settings.items():
+                setattr(layer, f"candidate_{key}", value)
         # Parameters the user froze stay frozen in every phase.
         self._user_trainable = {id(p) for p in model.parameters() if p.requires_grad}
         # The network's own parameters (the wrapped layers' originals included, dendrites excluded).
@@ -228,7 +316,9 @@ class CycleController:
                 "max_dendrites": self.max_dendrites, "mode": self.mode,
                 "neuron_switch": asdict(self.neuron_switch), "dendrite_switch": asdict(self.dendrite_switch),
                 "cap_dendrite_phase": self.cap_dendrite_phase, "dendrite_improvement": self.dendrite_improvement,
-                "baseline_cycles": self.baseline_cycles}
+                "baseline_cycles": self.baseline_cycles, "dendrite_noise_alpha": self.dendrite_noise_alpha,
+                "candidate_settings": self.candidate_settings, "candidate_optimizer": self.candidate_optimizer,
+                "stop_on_no_improvement": self.stop_on_no_improvement}
 
     def fit(self, train_epoch: Callable, evaluate: Callable, resume: bool = True) -> dict:
         """Train until the stopping rule fires; return the run summary. The model ends as the best one."""
@@ -330,7 +420,7 @@ class CycleController:
                 return self._stop("baseline finished" if self.baseline_cycles is None
                                   else "matched schedule finished")
             return self._begin_cycle("neuron")
-        if previous is not None and not improved:
+        if previous is not None and not improved and self.stop_on_no_improvement:
             return self._stop("neuron cycle did not improve validation")
         if self.max_dendrites is not None and dendrites >= self.max_dendrites:
             return self._stop("max_dendrites reached")
@@ -368,9 +458,10 @@ class CycleController:
         correlation, progress = None, False
         if covariance_phase:
             policy = self.dendrite_switch
-            per_layer = {name: layer.end_candidate_epoch(policy.rel_threshold, policy.abs_threshold)
+            z = self._noise_z() if self.dendrite_improvement == "neuron" else None
+            per_layer = {name: layer.end_candidate_epoch(policy.rel_threshold, policy.abs_threshold, z)
                          for name, layer in self.layers.items()}
-            correlation = float(np.mean([r["correlation"] for r in per_layer.values()]))
+            correlation = _mean([r["correlation"] for r in per_layer.values()])
             progress = self._dendrite_progress(per_layer, policy)
             for name, r in per_layer.items():
                 st.correlation_rows.append({"epoch": st.epoch, "cycle": st.cycle, "layer": name,
@@ -425,14 +516,32 @@ class CycleController:
                 st.phase = "neuron"
             return self._stop("max_total_epochs reached")
 
+    def _noise_z(self) -> float | None:
+        """z of the noise-aware dendrite criterion: Bonferroni over the patience window's epochs and every
+        (candidate, neuron) pair ("neuron") or every layer ("layer")."""
+        if self.dendrite_noise_alpha is None:
+            return None
+        policy = self.dendrite_switch
+        epochs = policy.patience if policy.fixed_epochs is None else 1
+        if self.dendrite_improvement == "neuron":
+            tests = sum(layer.num_neurons * self.candidates for layer in self.layers.values())
+        else:
+            tests = len(self.layers)
+        return noise_z(self.dendrite_noise_alpha, epochs * tests)
+
     def _dendrite_progress(self, per_layer: dict, policy: SwitchPolicy) -> bool:
         """Did this dendrite-phase epoch improve the candidates (see ``dendrite_improvement``)?"""
         if self.dendrite_improvement == "neuron":
             return any(r["improved"] for r in per_layer.values())
         best = self.state.layer_correlation_best
+        z = self._noise_z()
         progress = False
         for name, r in per_layer.items():
-            if policy.improved(r["correlation"], best.get(name), "max"):
+            reference = best.get(name)
+            # the layer mean's standard error is about se / sqrt(N) (neurons' errors are nearly independent)
+            noisy = z is not None and reference is not None and \
+                r["correlation"] <= reference + z * r["noise"] / r["neurons"] ** 0.5
+            if policy.improved(r["correlation"], reference, "max") and not noisy:
                 best[name] = r["correlation"]
                 progress = True
         return progress
@@ -486,8 +595,27 @@ class CycleController:
         _set_rng_state(ckpt["rng"])
 
 
+def _numpy():
+    """numpy when installed (its global RNG is checkpointed too: user loops may draw from it), else None."""
+    try:
+        import numpy
+    except ImportError:
+        return None
+    return numpy
+
+
+def _mean(values: list[float]) -> float:
+    # numpy's pairwise sum when numpy is there, so records stay bit-identical to those written before
+    # numpy became optional; a plain sum otherwise.
+    np = _numpy()
+    return float(np.mean(values)) if np is not None else sum(values) / len(values)
+
+
 def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    np = _numpy()
+    if np is not None:
+        state["numpy"] = np.random.get_state()
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -495,7 +623,9 @@ def _rng_state() -> dict:
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np = _numpy()
+    if np is not None and "numpy" in state:
+        np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

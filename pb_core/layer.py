@@ -19,11 +19,32 @@ import math
 import torch
 from torch import nn
 
-from .adapters import LayerAdapter
-from .covariance import CovarianceStats, CovarianceTap
+from .adapters import ConvAdapter, LayerAdapter, LinearAdapter
+from .covariance import OBJECTIVES, CovarianceStats, CovarianceTap
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "identity": lambda t: t}
+
+# How candidates are trained where the paper is silent (README "Candidate training"; measured by
+# benchmarks/candidate_study.py). Each is a DendriticLayer and CycleController parameter.
+CANDIDATE_INITS = ("layer", "normal")      # the layer's own reset_parameters / N(0, init_std), cascade 0
+CANDIDATE_SNAPSHOTS = ("measured", "epoch_end")
+CANDIDATE_SELECTIONS = ("correlation", "covariance")
+CANDIDATE_DEFAULTS = {"init": "normal", "init_std": 0.01, "objective": "covariance", "snapshot": "measured",
+                      "selection": "correlation"}
+
+
+def check_candidate_settings(init: str, init_std: float, objective: str, snapshot: str, selection: str) -> None:
+    for name, value, allowed in (("init", init, CANDIDATE_INITS), ("objective", objective, OBJECTIVES),
+                                 ("snapshot", snapshot, CANDIDATE_SNAPSHOTS),
+                                 ("selection", selection, CANDIDATE_SELECTIONS)):
+        if value not in allowed:
+            raise ValueError(f"candidate {name} must be one of {allowed}, got {value!r}")
+    if not init_std > 0:
+        raise ValueError(f"candidate init_std must be > 0, got {init_std!r}")
 _IN_PLACE = {"sigmoid": torch.Tensor.sigmoid_, "tanh": torch.Tensor.tanh_, "identity": lambda t: t}
+
+
+_FUSABLE = (LinearAdapter, ConvAdapter)
 
 
 def _frozen(tensor: torch.Tensor) -> nn.Parameter:
@@ -89,12 +110,41 @@ class DendriticLayer(nn.Module):
         change the output and learn from the covariance signal captured on this layer's backward.
       * candidates present + ``"gradient"``: candidates add to the output through their own output weight
         and learn from the task loss (the ``gd_dendrites`` ablation).
+
+    Candidate training (covariance candidates; the paper leaves these open):
+      * ``candidate_init``: ``"layer"`` draws each candidate as the layer itself is drawn (its
+        ``reset_parameters``) with cascade weights uniform in +-1/sqrt(K); ``"normal"`` draws every weight
+        and bias from N(0, ``candidate_init_std``) with cascade weights 0 (what the openly published
+        package does), so candidates start unsaturated and nearly constant.
+      * ``candidate_objective``: ``"covariance"`` (the paper's S) or ``"correlation"`` (S divided by the
+        candidate's standard deviation, which saturating cannot raise); see :mod:`pb_core.covariance`.
+      * ``candidate_snapshot``: ``"measured"``: during each epoch a frozen copy of the candidates' weights
+        from the epoch's start (the *probe*) is evaluated beside them (one more forward of the candidates,
+        no backward); its correlation is the epoch's measurement, and a snapshot holds exactly those
+        weights. ``"epoch_end"``: the correlation is measured on the training activations while the
+        weights move, and the snapshot holds the weights after the epoch's last step.
+      * ``candidate_selection``: per neuron, commit the candidate with the highest snapshot |correlation|
+        (``"correlation"``, the paper's choice) or |covariance| (``"covariance"``, Cascade-Correlation's
+        score).
     """
 
-    def __init__(self, main: nn.Module, adapter: LayerAdapter, activation: str = "sigmoid", name: str = ""):
+    def __init__(self, main: nn.Module, adapter: LayerAdapter, activation: str = "sigmoid", name: str = "", *,
+                 candidate_init: str = CANDIDATE_DEFAULTS["init"],
+                 candidate_init_std: float = CANDIDATE_DEFAULTS["init_std"],
+                 candidate_objective: str = CANDIDATE_DEFAULTS["objective"],
+                 candidate_snapshot: str = CANDIDATE_DEFAULTS["snapshot"],
+                 candidate_selection: str = CANDIDATE_DEFAULTS["selection"]):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown dendrite activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        check_candidate_settings(candidate_init, candidate_init_std, candidate_objective, candidate_snapshot,
+                                 candidate_selection)
+        # Candidate training (see the class docstring); add_candidates may override them per phase.
+        self.candidate_init, self.candidate_init_std = candidate_init, candidate_init_std
+        self.candidate_objective, self.candidate_snapshot = candidate_objective, candidate_snapshot
+        self.candidate_selection = candidate_selection
+        self._probe: dict[str, torch.Tensor] | None = None
+        self._fused_cache: tuple | None = None
         self.main = main
         self.adapter = adapter
         self.layer_name = name
@@ -160,7 +210,10 @@ class DendriticLayer(nn.Module):
         self.candidate_out = _frozen(self._new(c if structure["candidate_out"] else 0, n))
         if c:
             self.candidate_learning = "gradient" if structure["candidate_out"] else "covariance"
-        self.stats = CovarianceStats(c, n, self.dendrite_out.device) if c and not structure["candidate_out"] else None
+        self._fused_cache = None
+        self.stats = (CovarianceStats(c, n, self.dendrite_out.device, objective=self.candidate_objective)
+                      if c and not structure["candidate_out"] else None)
+        self._probe = None
         self._best_candidates = self._candidate_snapshot() if self.stats is not None else None
 
     # Candidate statistics and per-neuron best weights are part of the state, so a run interrupted in a
@@ -208,20 +261,67 @@ class DendriticLayer(nn.Module):
         sd = self.stack_dim
         return _multiply_add(pre, self._per_neuron(self.dendrite_out), acts.unbind(sd))
 
-    def _candidate_activations(self, inputs: tuple, dendrite_acts: torch.Tensor | None) -> torch.Tensor:
-        z = self.adapter.stacked_forward(self.main, dict(self.candidate_weights), inputs)
+    def _candidate_activations(self, inputs: tuple, dendrite_acts: torch.Tensor | None,
+                               weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The candidates' activations; ``weights`` (a snapshot-style dict) evaluates other weights instead."""
+        if weights is None:
+            params, cascade_w = dict(self.candidate_weights), self.candidate_cascade
+        else:
+            params = {name: weights[f"w.{name}"] for name in self.candidate_weights}
+            cascade_w = weights["cascade"]
+        z = self.adapter.stacked_forward(self.main, params, inputs)
         if dendrite_acts is not None:
             sd = self.stack_dim
             # Each candidate's cascade input sum_k c_k a_k: every a_k, as a (1, N) slice, against the (C, N)
             # weights c_k.
-            cascade = self._per_neuron(self.candidate_cascade.transpose(0, 1))  # (K, C, N, 1...)
+            cascade = self._per_neuron(cascade_w.transpose(0, 1))  # (K, C, N, 1...)
             acts = [a.unsqueeze(sd) for a in dendrite_acts.detach().unbind(sd)]
             z = _multiply_add(z, cascade, acts)
         return self._g(z)
 
+    def _fusable(self, args: tuple, kwargs: dict) -> bool:
+        """Can the layer's own map run as copy 0 of the dendrites' stacked call? Only without autograd (the
+        fused weights are a cached concatenation), for single-tensor affine layers, and when nothing hooks
+        the layer's own module (a fused call would bypass its hooks)."""
+        return (not torch.is_grad_enabled() and not kwargs and len(args) == 1 and type(self.adapter) in _FUSABLE
+                and not (self.main._forward_hooks or self.main._forward_pre_hooks
+                         or nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks))
+
+    def _fused_parameters(self) -> dict[str, torch.Tensor]:
+        """The layer's parameters stacked in front of its dendrites' (copy 0 = the layer itself), cached until
+        any of them changes (tensor version counters move with every in-place update, e.g. an optimizer step)."""
+        own = dict(self.main.named_parameters(recurse=False))
+        tensors = (*own.values(), *self.dendrite_weights.values())
+        versions = tuple(t._version for t in tensors)
+        cache = self._fused_cache
+        # The cache holds the tensors themselves (not their ids, which a new tensor could reuse).
+        if cache is None or cache[1] != versions or any(a is not b for a, b in zip(cache[0], tensors)):
+            fused = {name: torch.cat([own[name].detach().unsqueeze(0), self.dendrite_weights[name].detach()])
+                     for name in self.dendrite_weights}
+            self._fused_cache = cache = (tensors, versions, fused)
+        return cache[2]
+
+    def _fused_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference with K dendrites in ONE stacked call of the map (K + 1 copies), then the cascade, g and
+        sum_k u_k a_k in place: at batch 1 the per-call overhead, not arithmetic, is what a layer costs."""
+        z = self.adapter.stacked_forward(self.main, self._fused_parameters(), (x,))
+        sd, g_ = self.stack_dim, _IN_PLACE[self.activation]
+        cascade = self._per_neuron(self.dendrite_cascade)
+        u = self._per_neuron(self.dendrite_out)
+        pre = z.select(sd, 0)
+        for k in range(self.num_dendrites):
+            zk = z.select(sd, k + 1)
+            for j in range(k):
+                zk.addcmul_(z.select(sd, j + 1), cascade[k, j])  # slot j + 1 already holds a_j
+            g_(zk)
+            pre.addcmul_(zk, u[k])
+        return pre
+
     def forward(self, *args, **kwargs):
-        output = self.main(*args, **kwargs)
         k, c = self.num_dendrites, self.num_candidates
+        if k and (c == 0 or self.candidate_learning == "covariance") and self._fusable(args, kwargs):
+            return self._fused_inference(args[0])
+        output = self.main(*args, **kwargs)
         # Covariance candidates only exist for their training signal; gradient candidates feed the output
         # through their own output weight, so they are part of the network whenever present (evaluation
         # included: the controller selects the phase's best epoch by validation).
@@ -243,40 +343,67 @@ class DendriticLayer(nn.Module):
         if train_candidates:
             cand = self._candidate_activations(detached, acts)
             if self.candidate_learning == "covariance":
-                pre = CovarianceTap.apply(pre, cand, self)
+                probe = None
+                if self.candidate_snapshot == "measured":
+                    if self._probe is None:  # a fresh phase, or a run resumed at an epoch's end
+                        self._probe = self._candidate_snapshot()
+                    with torch.no_grad():
+                        probe = self._candidate_activations(detached, acts, self._probe)
+                pre = CovarianceTap.apply(pre, cand, self, probe)
             else:
                 pre = pre + (self._per_neuron(self.candidate_out) * cand).sum(sd)
         return self.adapter.rebuild_output(self.main, output, pre)
 
     # ------------------------------------------------------------------ covariance training
-    def _covariance_gradient(self, cand_act: torch.Tensor, err: torch.Tensor) -> torch.Tensor:
+    def _covariance_gradient(self, cand_act: torch.Tensor, err: torch.Tensor,
+                             probe: torch.Tensor | None = None) -> torch.Tensor:
         """Statistics update and the candidates' gradient, in the layer's own layout (no copies)."""
-        return self.stats.gradient(cand_act, err, self.adapter.neuron_dim)
+        return self.stats.gradient(cand_act, err, self.adapter.neuron_dim, probe)
 
     # ------------------------------------------------------------------ candidates
-    def add_candidates(self, count: int, learning: str = "covariance") -> None:
-        """Start a dendrite phase: ``count`` fresh candidates per neuron, trainable."""
+    def add_candidates(self, count: int, learning: str = "covariance", *, init: str | None = None,
+                       init_std: float | None = None, objective: str | None = None,
+                       snapshot: str | None = None, selection: str | None = None) -> None:
+        """Start a dendrite phase: ``count`` fresh candidates per neuron, trainable.
+
+        The keyword settings override the layer's ``candidate_*`` attributes (and are kept there, so a
+        resumed run rebuilds the same statistics).
+        """
         if learning not in ("covariance", "gradient"):
             raise ValueError(f"candidate learning must be 'covariance' or 'gradient', got {learning!r}")
         if learning == "gradient" and count != 1:
             raise ValueError("gradient-trained candidates all feed the output at once, so only one per neuron "
                              f"is meaningful; got candidates={count}")
+        self.candidate_init = init or self.candidate_init
+        self.candidate_init_std = init_std or self.candidate_init_std
+        self.candidate_objective = objective or self.candidate_objective
+        self.candidate_snapshot = snapshot or self.candidate_snapshot
+        self.candidate_selection = selection or self.candidate_selection
+        check_candidate_settings(self.candidate_init, self.candidate_init_std, self.candidate_objective,
+                                 self.candidate_snapshot, self.candidate_selection)
         k, n = self.num_dendrites, self.num_neurons
-        fresh = self.adapter.fresh_parameters(self.main, count)
         ref = self.dendrite_out
+        if self.candidate_init == "layer":
+            fresh = self.adapter.fresh_parameters(self.main, count)
+            bound = 1.0 / math.sqrt(max(k, 1))
+            cascade = torch.empty(count, k, n, dtype=ref.dtype, device=ref.device).uniform_(-bound, bound)
+        else:  # small random weights: near-constant, unsaturated activations, no cascade input yet
+            std = self.candidate_init_std
+            fresh = {name: torch.randn(count, *p.shape[1:], dtype=ref.dtype, device=ref.device) * std
+                     for name, p in self.dendrite_weights.items()}
+            cascade = self._new(count, k, n)
         for name, value in fresh.items():
             self.candidate_weights[name] = nn.Parameter(value.to(ref.device, ref.dtype))
-        bound = 1.0 / math.sqrt(max(k, 1))
-        self.candidate_cascade = nn.Parameter(torch.empty(count, k, n, dtype=ref.dtype, device=ref.device)
-                                              .uniform_(-bound, bound))
+        self.candidate_cascade = nn.Parameter(cascade)
         self.candidate_learning = learning
+        self._probe = None
         if learning == "gradient":
             self.candidate_out = nn.Parameter(self._new(count, n))
             self.stats = None
             self._best_candidates = None
         else:
             self.candidate_out = _frozen(self._new(0, n))
-            self.stats = CovarianceStats(count, n, ref.device)
+            self.stats = CovarianceStats(count, n, ref.device, objective=self.candidate_objective)
             self._best_candidates = self._candidate_snapshot()
 
     def candidate_parameters(self) -> list[nn.Parameter]:
@@ -291,54 +418,80 @@ class DendriticLayer(nn.Module):
         return snap
 
     @torch.no_grad()
-    def end_candidate_epoch(self, rel_threshold: float = 0.0, abs_threshold: float = 0.0) -> dict:
+    def end_candidate_epoch(self, rel_threshold: float = 0.0, abs_threshold: float = 0.0,
+                            noise_z: float | None = None) -> dict:
         """Close a dendrite-phase epoch: correlations, per-neuron improvement, best-weight snapshots.
 
-        Returns ``{"correlation": mean over neurons of the best candidate's |r| this epoch,
-        "improved": number of neurons whose best |r| beat their previous best by the thresholds}``.
+        ``noise_z`` None (the rule before noise-awareness): a (candidate, neuron) improves when its |r|
+        beats its best so far by the thresholds, and only then is its snapshot replaced. ``noise_z`` given:
+        the snapshot keeps the weights of each pair's highest |r| (any improvement), while *progress*
+        needs a pair's |r| to beat its progress reference (its |r| when it last made progress, 0 at the
+        start) by more than max(rel_threshold * reference, abs_threshold, noise_z * se), se being this
+        epoch's split-half standard error of the layer's correlations.
+
+        Returns ``{"correlation": mean over neurons of the best candidate's |r| this epoch, "improved":
+        number of neurons with a candidate that made progress, "noise": se, "neurons": N}``.
         """
         stats = self.stats
         corr = stats.epoch_correlation().abs()  # (C, N)
-        better = corr > stats.best_abs_corr * (1 + rel_threshold) + abs_threshold
+        cov = stats.epoch_covariance().abs()
+        noise = stats.split_half_noise()
         separable = self.adapter.neuron_separable(self.main)
-        if not separable:  # whole copies compete: judge a copy by its mean over neurons
-            better = (corr.mean(1) > stats.best_abs_corr.mean(1) * (1 + rel_threshold) + abs_threshold)
-            better = better.unsqueeze(1).expand_as(corr)
-        improved_neurons = int(better.any(0).sum())
+
+        def per_copy(t):  # whole copies compete in a non-separable layer: judge a copy by its neuron mean
+            return t if separable else t.mean(1, keepdim=True).expand_as(t)
+
+        if noise_z is None:
+            better = per_copy(corr) > per_copy(stats.best_abs_corr) * (1 + rel_threshold) + abs_threshold
+            progress = better
+        else:
+            better = per_copy(corr) > per_copy(stats.best_abs_corr)
+            ref = per_copy(stats.progress_ref)
+            margin = torch.maximum(ref * rel_threshold, torch.full_like(ref, max(abs_threshold, noise_z * noise)))
+            progress = per_copy(corr) > ref + margin
+            stats.progress_ref = torch.where(progress, corr, stats.progress_ref)
+        improved_neurons = int(progress.any(0).sum())
         stats.best_abs_corr = torch.where(better, corr, stats.best_abs_corr)
+        stats.best_abs_cov = torch.where(better, cov, stats.best_abs_cov)
         self._store_best(better)
+        # The probe of the next epoch: the weights as they are now.
+        self._probe = self._candidate_snapshot() if self.candidate_snapshot == "measured" else None
         epoch_mean = float(corr.max(0).values.mean()) if corr.numel() else 0.0
         stats.reset_epoch()
-        return {"correlation": epoch_mean, "improved": improved_neurons}
+        return {"correlation": epoch_mean, "improved": improved_neurons, "noise": noise,
+                "neurons": self.num_neurons}
 
     def _store_best(self, better: torch.Tensor) -> None:
-        """Copy the current weights of each (candidate, neuron) that just improved into the snapshot."""
+        """Copy the measured weights of each (candidate, neuron) that just improved into the snapshot: the
+        probe's (the epoch's frozen copy) with ``candidate_snapshot="measured"``, else the current ones."""
+        source = self._probe if self._probe is not None else self._candidate_snapshot()
         for name, param in self.candidate_weights.items():
             key = f"w.{name}"
-            cur = self.adapter.to_neuron_major(name, param.detach())
+            cur = self.adapter.to_neuron_major(name, source[key])
             best = self.adapter.to_neuron_major(name, self._best_candidates[key])
             mask = better.reshape(*better.shape, *([1] * (cur.dim() - 2)))
             self._best_candidates[key] = self.adapter.from_neuron_major(name, torch.where(mask, cur, best), param)
-        self._best_candidates["cascade"] = torch.where(better.unsqueeze(1), self.candidate_cascade.detach(),
+        self._best_candidates["cascade"] = torch.where(better.unsqueeze(1), source["cascade"],
                                                        self._best_candidates["cascade"])
 
     @torch.no_grad()
     def commit_candidates(self) -> dict:
         """End a dendrite phase: the chosen candidate of each neuron becomes dendrite K+1.
 
-        Covariance candidates: per neuron, the candidate with the highest |correlation| (its weights from
-        the epoch of that correlation); its output weight starts at 0, so the network's function is
-        unchanged. Gradient candidates: the (single) candidate as it is, output weight included.
+        Covariance candidates: per neuron, the candidate with the highest snapshot |correlation| (or
+        |covariance|, ``candidate_selection``), with the weights of that snapshot; its output weight
+        starts at 0, so the network's function is unchanged. Gradient candidates: the (single) candidate
+        as it is, output weight included.
         """
         k, n, c = self.num_dendrites, self.num_neurons, self.num_candidates
         if c == 0:
             raise RuntimeError(f"layer '{self.layer_name}' has no candidates to commit")
         if self.candidate_learning == "covariance":
-            score = self.stats.best_abs_corr
+            score = self.stats.best_abs_corr if self.candidate_selection == "correlation" else self.stats.best_abs_cov
             if not self.adapter.neuron_separable(self.main):
                 score = score.mean(1, keepdim=True).expand_as(score)
             choice = score.argmax(0)  # (N,)
-            chosen_corr = score.gather(0, choice.unsqueeze(0)).squeeze(0)
+            chosen_corr = self.stats.best_abs_corr.gather(0, choice.unsqueeze(0)).squeeze(0)
             new_weights = {}
             for name, param in self.candidate_weights.items():
                 snap = self.adapter.to_neuron_major(name, self._best_candidates[f"w.{name}"])
@@ -358,9 +511,11 @@ class DendriticLayer(nn.Module):
         grown[k, :k] = cascade
         self.dendrite_cascade = _frozen(grown)
         self.dendrite_out = nn.Parameter(torch.cat([self.dendrite_out.detach(), out]))
+        self._fused_cache = None
         self.discard_candidates()
         return {"layer": self.layer_name,
-                "mean_abs_correlation": None if chosen_corr is None else float(chosen_corr.mean())}
+                "mean_abs_correlation": None if chosen_corr is None else float(chosen_corr.mean()),
+                "abs_correlation": None if chosen_corr is None else chosen_corr.clone()}
 
     def add_random_dendrite(self) -> None:
         """Append one freshly initialised dendrite with output weight 0 (the ``gd_joint`` variant)."""
@@ -375,6 +530,7 @@ class DendriticLayer(nn.Module):
         self.candidate_out = _frozen(self._new(0, n))
         self.stats = None
         self._best_candidates = None
+        self._probe = None
 
     def set_dendrites_trainable(self, weights: bool, output: bool) -> None:
         for p in self.dendrite_weights.values():

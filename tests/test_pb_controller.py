@@ -131,7 +131,7 @@ def test_dendrite_phase_patience_counts_improving_neurons(monkeypatch):
     improved = iter([3, 0, 1, 0, 0, 7, 7])
     calls = []
 
-    def fake_end_epoch(self, rel_threshold=0.0, abs_threshold=0.0):
+    def fake_end_epoch(self, rel_threshold=0.0, abs_threshold=0.0, noise_z=None):
         calls.append((rel_threshold, abs_threshold))
         self.stats.reset_epoch()
         return {"correlation": 0.5, "improved": next(improved) if self.layer_name == "fc1" else 0}
@@ -150,9 +150,9 @@ def test_dendrite_phase_patience_on_layer_mean_correlation(monkeypatch):
     # improves after its first epoch. Every epoch some neuron "improves", which "layer" ignores.
     means = {"fc1": iter([0.10, 0.20, 0.21, 0.30, 0.31, 0.32, 0.325, 9.0]), "fc2": iter([0.5] * 8)}
 
-    def fake_end_epoch(self, rel_threshold=0.0, abs_threshold=0.0):
+    def fake_end_epoch(self, rel_threshold=0.0, abs_threshold=0.0, noise_z=None):
         self.stats.reset_epoch()
-        return {"correlation": next(means[self.layer_name]), "improved": 5}
+        return {"correlation": next(means[self.layer_name]), "improved": 5, "noise": 0.0, "neurons": 3}
 
     monkeypatch.setattr(DendriticLayer, "end_candidate_epoch", fake_end_epoch)
     ctl, script, summary, model = scripted_run(
@@ -170,7 +170,7 @@ def test_dendrite_phase_patience_on_layer_mean_correlation(monkeypatch):
 
 def test_cap_dendrite_phase_at_first_neuron_phase_length(monkeypatch):
     monkeypatch.setattr(DendriticLayer, "end_candidate_epoch",
-                        lambda self, rel_threshold=0.0, abs_threshold=0.0: {"correlation": 0.1, "improved": 1})
+                        lambda self, *args: {"correlation": 0.1, "improved": 1})
     ctl, _, _, _ = scripted_run("pb", [1, 2, 2, 3, 3], neuron_switch=SwitchPolicy(patience=1),
                                 dendrite_switch=SwitchPolicy(patience=50, max_epochs=6), cap_dendrite_phase=True, max_dendrites=1)
     assert phases(ctl) == "NNN" + "DDD" + "NN"

@@ -73,7 +73,7 @@ def naive_dendrites(layer: DendriticLayer, inputs: tuple, dtype=None):
 def grow(layer: DendriticLayer, k: int, seed: int = 1) -> None:
     """Commit k dendrites (random V, random cascade) and give them random output weights u."""
     for _ in range(k):
-        layer.add_candidates(2)
+        layer.add_candidates(2, init="layer")  # random V and (from the second on) a non-zero cascade
         layer.commit_candidates()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -339,11 +339,12 @@ def test_commit_keeps_function_until_u_moves(case):
     model.eval()
     with torch.no_grad():
         before = model(x)
+    model.train()
+    before_train = model(x).detach()
     # Candidates exist and train (covariance): the network's output is untouched in train mode too.
     for layer in layers.values():
         layer.add_candidates(3)
-    model.train()
-    assert torch.equal(model(x), before)
+    assert torch.equal(model(x), before_train)
     cand_params = [p for lay in layers.values() for p in lay.candidate_parameters()]
     opt = torch.optim.Adam(cand_params, lr=0.05)
     for _ in range(5):
@@ -415,7 +416,7 @@ def test_commit_uses_weights_of_best_correlation_epoch():
     layer = net[0]
     for p in net.parameters():
         p.requires_grad_(False)
-    layer.add_candidates(2)
+    layer.add_candidates(2, snapshot="epoch_end")  # the snapshot holds the weights after the epoch's last step
     x = torch.randn(64, 2)
     y = torch.sin(3 * x[:, :1]) * x[:, 1:]
     opt = torch.optim.Adam(layer.candidate_parameters(), lr=0.05)
@@ -556,7 +557,7 @@ def test_covariance_gradient_and_statistics_match_float64_reference(name, make, 
     main = make()
     layer = DendriticLayer(main, adapter_for(main))
     grow(layer, k)
-    layer.add_candidates(2)
+    layer.add_candidates(2, init="layer")
     for p in main.parameters():
         p.requires_grad_(False)
     layer.set_dendrites_trainable(weights=False, output=False)
@@ -564,7 +565,7 @@ def test_covariance_gradient_and_statistics_match_float64_reference(name, make, 
     c, n = layer.num_candidates, layer.num_neurons
     seen = []
     original = layer._covariance_gradient
-    layer._covariance_gradient = lambda act, err: seen.append((err, original(act, err))) or seen[-1][1]
+    layer._covariance_gradient = lambda act, err, probe: seen.append((err, original(act, err, probe))) or seen[-1][1]
     ref = _CovarianceReference(c, n)
     all_a, all_d = [], []
     for batch in range(3):
@@ -573,8 +574,9 @@ def test_covariance_gradient_and_statistics_match_float64_reference(name, make, 
         for p in layer.candidate_parameters():
             p.grad = None
         out = layer(x)
-        with torch.no_grad():
-            assert torch.equal(out, layer(x))  # candidates leave the output alone
+        layer.eval()  # candidates are not evaluated in eval mode: the same computation without them
+        assert torch.equal(out, layer(x))  # candidates leave the output alone
+        layer.train()
         F.mse_loss(out, y, reduction="sum").backward()
         err, grad = seen[-1]
         assert torch.allclose(err, 2 * (out - y).detach(), atol=1e-6)  # the tap hands over D = dL/dpre
@@ -638,7 +640,7 @@ def test_covariance_state_dict_resumes_exactly():
     for x in xs[:2]:
         step(layer, x)
     state = layer.stats.state_dict()
-    assert set(state) == {"d_count", "d_sum", "d_sq_sum", "cov_ema", "best_abs_corr"}
+    assert set(state) == {"d_count", "d_sum", "d_sq_sum", "cov_ema", "best_abs_corr", "best_abs_cov", "progress_ref"}
     assert state["d_count"].dtype == torch.float64 and state["d_count"].dim() == 0
     assert float(state["d_count"]) == 2 * 4 * 4 * 4
     resumed = DendriticLayer(construct_like(conv), adapter_for(conv))
@@ -707,6 +709,47 @@ def test_no_graph_dendrite_forward_matches_formula_and_gradient_of_u(name, make,
         assert _close(layer(x), out64, 1e-6)
     with torch.inference_mode():
         assert _close(layer(x), out64, 1e-6)
+
+
+FUSED_CASES = [
+    ("linear", lambda: nn.Linear(6, 5), lambda: torch.randn(3, 6)),
+    ("linear_unbatched", lambda: nn.Linear(6, 5), lambda: torch.randn(6)),
+    ("conv2d_groups2", lambda: nn.Conv2d(4, 6, 3, padding=1, groups=2), lambda: torch.randn(2, 4, 5, 5)),
+    ("conv1d_nobias", lambda: nn.Conv1d(3, 4, 2, bias=False), lambda: torch.randn(1, 3, 7)),
+]
+
+
+@pytest.mark.parametrize("name,make,make_x", FUSED_CASES, ids=[c[0] for c in FUSED_CASES])
+def test_fused_inference_matches_the_formula_and_follows_weight_changes(name, make, make_x):
+    """Without autograd a Linear/Conv layer runs its own map as copy 0 of the dendrites' stacked call (one
+    call instead of two). Its output equals the formula; the cached fused weights follow every in-place
+    change (an optimizer step) and every new dendrite; a hook on the layer's module turns fusion off."""
+    torch.manual_seed(8)
+    main, x = make(), make_x()
+    layer = DendriticLayer(main, adapter_for(main))
+    made = []
+    for k in (1, 2, 3):
+        grow(layer, 1, seed=k)  # one more dendrite, new random u
+        with torch.no_grad():
+            fused = layer(x)
+        made.append(layer._fused_cache is not None)
+        term, _ = naive_dendrites(layer, (x,))
+        assert _close(fused, main(x) + term, 1e-6), f"K={k}"
+        assert (term.abs() > 1e-3).any()
+    assert all(made)
+    opt = torch.optim.SGD([*main.parameters(), layer.dendrite_out], lr=0.5)
+    opt.zero_grad()
+    layer(x).square().sum().backward()
+    opt.step()  # the layer's own weights and u move in place
+    with torch.no_grad():
+        fused = layer(x)
+    term, _ = naive_dendrites(layer, (x,))
+    assert _close(fused, main(x) + term, 1e-6)
+    calls = []
+    main.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        assert _close(layer(x), fused, 1e-6)
+    assert calls == [1]  # the hooked module ran itself
 
 
 def test_multiply_add_gradients_match_gradcheck():

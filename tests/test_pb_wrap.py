@@ -171,8 +171,6 @@ def test_unknown_variant_preset_selector_and_head_raise():
         pb_core.wrap(MLP(), ["decoder.*"])
     with pytest.raises(ValueError, match="head layer 'nope'"):
         pb_core.wrap(MLP(), "head", head="nope")
-    with pytest.raises(ValueError, match="bidirectional"):
-        pb_core.wrap(nn.Sequential(nn.GRU(3, 4, bidirectional=True)), "all")
     with pytest.raises(ValueError, match="unknown dendrite activation"):
         pb_core.wrap(MLP(), "all", activation="relu6")
     with pytest.raises(ValueError, match="baseline_cycles"):
