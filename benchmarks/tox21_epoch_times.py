@@ -27,7 +27,10 @@ import torch  # noqa: E402
 
 import pb_core  # noqa: E402
 from experiments import config as cfgmod  # noqa: E402
-from experiments.tox21.benchmark import BENCHMARK, load_prepared, split_loaders  # noqa: E402
+from experiments.grid import make_run  # noqa: E402
+from experiments.registry import EpochContext  # noqa: E402
+from experiments.tox21.benchmark import BENCHMARK, prepare_settings, split_loaders  # noqa: E402
+from experiments.tox21.data import check_cache  # noqa: E402
 
 
 def build(settings: dict, prepared: Path, device: str, dendrites: int, phase: str):
@@ -46,12 +49,17 @@ def build(settings: dict, prepared: Path, device: str, dendrites: int, phase: st
     return exp, ctl
 
 
+def _context(ctl, phase: str) -> EpochContext:
+    return EpochContext(phase="dendrite" if phase == "dendrite" else "neuron", epoch=0, cycle=0,
+                        scheduler=ctl.scheduler)
+
+
 def one_epoch(exp, ctl, phase: str, device: str) -> float:
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
     ctl.model.train()
-    exp.train_epoch(ctl.model, ctl.optimizer)
+    exp.train_epoch(ctl.model, ctl.optimizer, _context(ctl, phase))
     if phase == "dendrite":
         for layer in ctl.layers.values():
             layer.end_candidate_epoch()
@@ -69,7 +77,7 @@ def ops_per_batch(exp, ctl, batches: int) -> int:
     from torch.profiler import ProfilerActivity, profile
     ctl.model.train()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        exp.train_epoch(ctl.model, ctl.optimizer)
+        exp.train_epoch(ctl.model, ctl.optimizer, _context(ctl, "neuron"))
     aten = [e for e in prof.events() if e.name.startswith("aten::")]
     leaves = [e for e in aten if not any(c.name.startswith("aten::") for c in e.cpu_children)]
     return round(len(leaves) / batches)
@@ -99,11 +107,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    cfg = cfgmod.load_config(overrides=[f"data_dir={args.data_dir}", "download=false"])
-    settings = cfgmod.run_config(cfg, "tox21", "pb", 0)
-    settings["limit"] = args.limit
+    cfg = cfgmod.load_config(overrides=[f"data_dir={args.data_dir}", "download=false",
+                                        f"benchmarks.tox21.data.limit={args.limit or 'null'}"])
+    settings = cfgmod.run_settings(cfg, make_run(cfg, "tox21", "pb", 0))
     with tempfile.TemporaryDirectory() as cache:
-        prepared = BENCHMARK.prepare(settings, Path(args.data_dir), Path(cache), download=False)
+        prepared = BENCHMARK.prepare(cfg["benchmarks"]["tox21"], Path(args.data_dir), Path(cache), download=False)
         configs = [("baseline", 0, "baseline")]
         for k in range(args.max_k + 1):
             configs.append((f"dendrite phase K={k}", k, "dendrite"))
@@ -114,7 +122,8 @@ def main(argv=None) -> int:
             torch.manual_seed(0)
             built[name] = (*build(settings, prepared, args.device, k, phase), phase)
         times: dict[str, list[float]] = {name: [] for name, _, _ in configs}
-        _, train_loader, eval_loaders = split_loaders(load_prepared(prepared, args.limit), settings)
+        graphs = check_cache(prepared, prepare_settings(settings), "tox21")["graphs"]
+        _, train_loader, eval_loaders = split_loaders(graphs, settings)
         loading = loading_epoch([train_loader, *eval_loaders.values()])
         times["data loading only"] = []
         for name, (exp, ctl, phase) in built.items():  # warm-up: first epochs allocate and compile

@@ -1,69 +1,100 @@
-"""Command line of the suite.
+"""Command line of the suite: each step of the pipeline for one benchmark.
 
-    python -m experiments run tox21 --variant pb --seed 7      # train (or resume) one seed
-    python -m experiments download tox21                       # fetch and verify the raw data
-    python -m experiments prepare tox21                        # featurise once (cached)
-    python -m experiments aggregate tox21                      # summary.csv, dendrite_counts.csv, stats.csv
-    python -m experiments figure tox21                         # the candlestick chart from summary.csv
+    python -m experiments run tox21 --variant pb --seed 7              # train (or resume) one run
+    python -m experiments run physionet --variant pb --seed 0 --factor width=0.125
+    python -m experiments grid tox21                                   # list the runs the configuration asks for
+    python -m experiments download tox21                               # fetch and verify the raw data
+    python -m experiments prepare tox21                                # read the raw data once (cached)
+    python -m experiments aggregate tox21                              # summary.csv, stats.csv, ... from the runs
+    python -m experiments output tox21 auc                             # a declared figure or table
+    python -m experiments compare                                      # results/paper_comparison.csv
+    python -m experiments budget                                       # results/compute_budget.csv
 
-Every command reads config/config.yaml, then the files given with --configfile, then --set key=value
-overrides (or, from the Snakefile, the whole configuration as --config-json). Problems with the input
-(data, config, earlier results) end with a message that says the fix and exit status 2; nothing is left
-half-written.
+Every command reads config/config.yaml and config/benchmarks/*.yaml, then the files given with --configfile,
+then --set key=value overrides (or, from the Snakefile, the whole resolved configuration with
+--resolved-config). Problems with the input (data, configuration, earlier results) end with a message that
+says the fix and exit status 2; nothing is left half-written.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 
 from . import config as cfgmod
 from .errors import ConfigError, UserError
 
+SUITE_TABLES = {"compare": "paper_comparison.csv", "budget": "compute_budget.csv"}
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("benchmark", help="benchmark name, e.g. tox21")
+
+def _common(parser: argparse.ArgumentParser, benchmark: bool = True) -> None:
+    if benchmark:
+        parser.add_argument("benchmark", help="a configured benchmark, e.g. tox21")
     parser.add_argument("--configfile", action="append", default=[], metavar="YAML",
-                        help="profile merged over config/config.yaml (repeatable), e.g. config/quick.yaml")
+                        help="profile merged over the default configuration (repeatable), e.g. config/quick.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="override one key, e.g. --set device=cpu --set benchmarks.tox21.pb.candidates=2")
-    parser.add_argument("--config-json", metavar="JSON",
-                        help="the whole configuration as JSON (what the Snakefile passes); "
-                             "replaces config/config.yaml, --configfile and --set")
+                        help="override one key, e.g. --set device=cpu --set benchmarks.tox21.train.lr=1e-3")
+    parser.add_argument("--resolved-config", metavar="JSON",
+                        help="the whole configuration as one JSON file (what the Snakefile passes); "
+                             "replaces the default files, --configfile and --set")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="train one (benchmark, variant, seed); resumes when interrupted")
+    run = sub.add_parser("run", help="train one run of the grid; resumes when interrupted")
     _common(run)
     run.add_argument("--variant", required=True)
-    run.add_argument("--seed", type=int, required=True)
+    run.add_argument("--seed", type=int, help="the run's seed (a non-negative integer)")
+    run.add_argument("--factor", action="append", default=[], metavar="NAME=VALUE",
+                     help="a factor value of the run, e.g. --factor width=0.125 (one per configured factor)")
+    run.add_argument("--point", help="the run's folder name instead of --seed/--factor, e.g. width0.125-seed3")
     run.add_argument("--threads", type=int, help="CPU threads for torch (default: torch_threads of the config)")
+    _common(sub.add_parser("grid", help="list every run of the benchmark's grid, with its folder"))
     download = sub.add_parser("download", help="download and verify the raw data")
     _common(download)
-    download.add_argument("--file", help="only this raw file (its name, e.g. tox21.csv.gz)")
-    _common(sub.add_parser("prepare", help="featurise the data once (cached)"))
-    _common(sub.add_parser("aggregate", help="results/<benchmark>/summary.csv, dendrite_counts.csv and "
-                                             "stats.csv from the finished runs"))
-    figure = sub.add_parser("figure", help="figures/<benchmark>_<metric>.pdf/.png from "
-                                           "results/<benchmark>/summary.csv")
-    _common(figure)
-    figure.add_argument("--metric", help="the benchmark's metric (checked; the file name carries it)")
+    download.add_argument("--file", help="only this raw file (its name below data_dir, or its base name)")
+    _common(sub.add_parser("prepare", help="read the raw data once into the prepared cache"))
+    _common(sub.add_parser("aggregate", help="results/<benchmark>/summary.csv, stats.csv, dendrite_counts.csv, "
+                                             "by_dendrites.csv and improvement.csv from the finished runs"))
+    output = sub.add_parser("output", help="one declared figure (figures/<benchmark>_<name>.pdf) or table "
+                                           "(results/<benchmark>/<name>.csv)")
+    _common(output)
+    output.add_argument("name", help="the output's name, e.g. auc (the benchmark's meta.py declares them)")
+    output.add_argument("--threads", type=int, help="CPU threads for torch where the output measures or computes")
+    _common(sub.add_parser("compare", help="results/paper_comparison.csv: the paper's headline numbers beside "
+                                           "ours, and the controls the paper lacks"), benchmark=False)
+    _common(sub.add_parser("budget", help="results/compute_budget.csv: device-hours of the paper protocol from "
+                                          "the runs done"), benchmark=False)
     return parser
 
 
 def _config(args) -> dict:
-    if args.config_json is None:
+    if args.resolved_config is None:
         return cfgmod.load_config(args.configfile, args.overrides)
     if args.configfile or args.overrides:
-        raise ConfigError("--config-json replaces --configfile and --set; give one or the other")
-    try:
-        cfg = json.loads(args.config_json)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--config-json is not valid JSON: {exc}") from None
-    return cfgmod.validate(cfg, "--config-json")
+        raise ConfigError("--resolved-config replaces --configfile and --set; give one or the other")
+    return cfgmod.read_config_json(args.resolved_config)
+
+
+def _run(cfg: dict, args):
+    from .grid import make_run, parse_point
+
+    if args.point is not None:
+        if args.seed is not None or args.factor:
+            raise ConfigError("--point names the seed and the factors: give it alone, or --seed and --factor")
+        factors, seed = parse_point(cfg, args.benchmark, args.point)
+        factors = dict(factors)
+    else:
+        if args.seed is None:
+            raise ConfigError("give the run's --seed (and a --factor NAME=VALUE per configured factor)")
+        seed, factors = args.seed, {}
+        for text in args.factor:
+            name, sep, value = text.partition("=")
+            if not sep:
+                raise ConfigError(f"--factor {text!r} must look like NAME=VALUE, e.g. width=0.125")
+            factors[name] = cfgmod.load_yaml_text(value)
+    return make_run(cfg, args.benchmark, args.variant, seed, factors)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,9 +102,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         cfg = _config(args)
+        if hasattr(args, "benchmark"):
+            cfgmod.benchmark_block(cfg, args.benchmark)
+        if cfg["reproducible_cpu"]:
+            from .provenance import apply_reproducible_cpu
+            apply_reproducible_cpu()  # before torch loads: the settings only act then
         if args.command == "run":
-            from .runner import train_from_config
-            train_from_config(cfg, args.benchmark, args.variant, args.seed, threads=args.threads)
+            run = _run(cfg, args)
+            from .runner import train
+            train(cfg, run, threads=args.threads)
+        elif args.command == "grid":
+            from .grid import grid, run_dir
+            for run in grid(cfg, args.benchmark):
+                print(f"{run.label}\t{run_dir(cfg['results_dir'], run)}")
         elif args.command == "download":
             from .pipeline import download
             download(cfg, args.benchmark, only=args.file)
@@ -83,9 +124,19 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "aggregate":
             from .pipeline import aggregate
             aggregate(cfg, args.benchmark)
-        elif args.command == "figure":
-            from .pipeline import figure
-            figure(cfg, args.benchmark, metric=args.metric)
+        elif args.command == "output":
+            from .outputs import make_output
+            make_output(cfg, args.benchmark, args.name, threads=args.threads)
+        elif args.command in ("compare", "budget"):
+            from pathlib import Path
+
+            from .aggregate import write_csv_atomic
+            if args.command == "compare":
+                from .paper import paper_comparison as table
+            else:
+                from .budget import compute_budget as table
+            path = write_csv_atomic(table(cfg), Path(cfg["results_dir"]) / SUITE_TABLES[args.command])
+            print(f"wrote {path}", file=sys.stderr)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

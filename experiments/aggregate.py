@@ -33,6 +33,7 @@ the within-run comparison, which is what ``improvement_summary`` reports.
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
@@ -43,13 +44,16 @@ import pandas as pd
 
 from pb_core.records import atomic_write_text
 
-from .config import rerun_command
 from .errors import UserError
+from .grid import Run
 
-SUMMARY_COLUMNS = [
-    "benchmark", "variant", "seed", "metric", "original_val", "original_test", "max_val",
-    "max_test", "dendrites", "params", "params_original", "epochs", "seconds", "improvement",
+BASE_COLUMNS = ["benchmark", "variant"]
+RUN_COLUMNS = [
+    "seed", "metric", "original_val", "original_test", "max_val", "max_test", "dendrites", "params",
+    "params_original", "epochs", "seconds", "improvement", "chance_level", "stopped_because", "profile",
 ]
+SUMMARY_COLUMNS = BASE_COLUMNS + RUN_COLUMNS  # plus one column per factor after "variant", provenance at the end
+BY_DENDRITES_COLUMNS = ["cycle", "dendrites", "params", "epochs", "best_epoch", "val", "test"]
 SCORE_KEYS = ("epoch", "cycle", "dendrites", "params", "train", "val", "test")
 TOP_LEVEL_KEYS = ("benchmark", "variant", "seed", "metric", "mode", "original", "max",
                   "final_dendrites", "dendrites_added", "params_final", "epochs", "seconds",
@@ -65,20 +69,22 @@ class RunRecordError(UserError, ValueError):
     """A run folder whose summary.json is missing, unreadable or does not follow the contract."""
 
 
-def _ids_from_path(run_dir: Path) -> tuple[str, str, str]:
-    """(benchmark, variant, seed) guessed from ``.../<benchmark>/<variant>/seed<seed>``."""
+def _run_from_path(run_dir: Path) -> Run | None:
+    """The run a folder ``.../<benchmark>/<variant>/<point>`` holds (factor values as written), if it is one."""
     parts = run_dir.resolve().parts
-    match = re.fullmatch(r"seed(\d+)", parts[-1]) if parts else None
-    if match and len(parts) >= 3:
-        return parts[-3], parts[-2], match.group(1)
-    return "<benchmark>", "<variant>", "<seed>"
+    match = re.fullmatch(r"(?:(.*)-)?seed(\d+)", parts[-1]) if parts else None
+    if not match or len(parts) < 3:
+        return None
+    items = [re.fullmatch(r"([a-z_]+?)([^a-z_].*)", item) for item in
+             (match.group(1).split("-") if match.group(1) else ())]
+    if not all(items):
+        return None
+    return Run(parts[-3], parts[-2], int(match.group(2)), tuple(m.groups() for m in items))
 
 
-def _fail(path: Path, problem: str, ids: tuple) -> RunRecordError:
-    return RunRecordError(
-        f"{path}: {problem}. Fix: re-run that seed with `{rerun_command(*ids)}` "
-        f"(or take the seed out of the configuration)."
-    )
+def _fail(path: Path, problem: str, run: Run | None) -> RunRecordError:
+    fix = f"re-run that run with `{run.command()}`" if run else "re-run that run"
+    return RunRecordError(f"{path}: {problem}. Fix: {fix} (or take it out of the configuration).")
 
 
 def _is_number(value) -> bool:
@@ -91,58 +97,58 @@ def read_summary(run_dir: Path) -> dict:
     if run_dir.name == "summary.json":
         run_dir = run_dir.parent
     path = run_dir / "summary.json"
-    ids = _ids_from_path(run_dir)
+    run = _run_from_path(run_dir)
     if not path.is_file():
-        raise _fail(path, "summary.json is missing (the run did not finish)", ids)
+        raise _fail(path, "summary.json is missing (the run did not finish)", run)
     try:
         record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise _fail(path, f"summary.json is not valid JSON ({err})", ids) from err
+        raise _fail(path, f"summary.json is not valid JSON ({err})", run) from err
     if not isinstance(record, dict):
-        raise _fail(path, "summary.json is not a JSON object", ids)
-    if all(k in record for k in ("benchmark", "variant", "seed")):
-        ids = (record["benchmark"], record["variant"], record["seed"])
+        raise _fail(path, "summary.json is not a JSON object", run)
 
     missing = [k for k in TOP_LEVEL_KEYS if k not in record]
     if missing:
-        raise _fail(path, f"summary.json lacks the keys {missing}", ids)
+        raise _fail(path, f"summary.json lacks the keys {missing}", run)
     for part in ("original", "max"):
         block = record[part]
         if not isinstance(block, dict):
-            raise _fail(path, f"summary.json '{part}' is not an object", ids)
+            raise _fail(path, f"summary.json '{part}' is not an object", run)
         lacking = [k for k in SCORE_KEYS if k not in block]
         if lacking:
-            raise _fail(path, f"summary.json '{part}' lacks the keys {lacking}", ids)
+            raise _fail(path, f"summary.json '{part}' lacks the keys {lacking}", run)
         not_numbers = [k for k in SCORE_KEYS if not _is_number(block[k])]
         if not_numbers:
-            raise _fail(path, f"summary.json '{part}' has non-numeric {not_numbers}", ids)
+            raise _fail(path, f"summary.json '{part}' has non-numeric {not_numbers}", run)
     for key in ("final_dendrites", "dendrites_added", "params_final", "epochs", "seconds"):
         if not _is_number(record[key]):
-            raise _fail(path, f"summary.json '{key}' is not a number ({record[key]!r})", ids)
+            raise _fail(path, f"summary.json '{key}' is not a number ({record[key]!r})", run)
     if not isinstance(record["seed"], int) or isinstance(record["seed"], bool):
-        raise _fail(path, f"summary.json 'seed' is not an integer ({record['seed']!r})", ids)
+        raise _fail(path, f"summary.json 'seed' is not an integer ({record['seed']!r})", run)
     if record["mode"] not in ("max", "min"):
-        raise _fail(path, f"summary.json 'mode' must be 'max' or 'min', not {record['mode']!r}", ids)
+        raise _fail(path, f"summary.json 'mode' must be 'max' or 'min', not {record['mode']!r}", run)
+    factors = record.get("factors") or {}
+    if not isinstance(factors, dict):
+        raise _fail(path, f"summary.json 'factors' is not an object ({factors!r})", run)
 
-    # The folder names must agree with the record (a copied or misplaced summary is an error).
-    bench_p, variant_p, seed_p = _ids_from_path(run_dir)
-    if seed_p != "<seed>" and (
-        str(record["seed"]) != seed_p or record["variant"] != variant_p or record["benchmark"] != bench_p
-    ):
-        raise _fail(path, f"summary.json says ({record['benchmark']}, {record['variant']}, seed "
-                          f"{record['seed']}) but the folder is {bench_p}/{variant_p}/seed{seed_p}", ids)
+    # The folder must be the one this record belongs in (a copied or misplaced summary is an error).
+    recorded = Run(record["benchmark"], record["variant"], record["seed"], tuple(factors.items()))
+    folder = "/".join(run_dir.resolve().parts[-3:])
+    if folder != recorded.label:
+        raise _fail(path, f"summary.json says {recorded.label} but the folder is {folder}", recorded)
     return record
 
 
 def load_summaries(run_dirs: list[Path], benchmark: str | None = None) -> pd.DataFrame:
-    """One row per (variant, seed) of the given run folders (columns: ``SUMMARY_COLUMNS``).
+    """One row per run of the given run folders: benchmark, variant, one column per factor, then
+    ``RUN_COLUMNS``, then the provenance columns of the session that finished the run.
 
-    ``benchmark``, when given, must match every record. Two folders holding the same
-    (variant, seed), or an empty list, are errors.
+    ``benchmark``, when given, must match every record. Two folders holding the same run, or an empty
+    list, are errors.
     """
     if not run_dirs:
-        raise ValueError("no run folders given (expected results/<benchmark>/<variant>/seed<seed>)")
-    rows = []
+        raise ValueError("no run folders given (expected results/<benchmark>/<variant>/<point>)")
+    rows, factor_names = [], []
     for run_dir in run_dirs:
         rec = read_summary(Path(run_dir))
         if benchmark is not None and rec["benchmark"] != benchmark:
@@ -152,9 +158,12 @@ def load_summaries(run_dirs: list[Path], benchmark: str | None = None) -> pd.Dat
             gain = improvement(rec["original"]["test"], rec["max"]["test"], rec["metric"])
         except ValueError as err:
             raise RunRecordError(f"{Path(run_dir) / 'summary.json'}: {err}") from err
+        factors = rec.get("factors") or {}
+        factor_names += [f for f in factors if f not in factor_names]
         rows.append({
             "benchmark": rec["benchmark"],
             "variant": rec["variant"],
+            **factors,
             "seed": rec["seed"],
             "metric": rec["metric"],
             "original_val": float(rec["original"]["val"]),
@@ -167,15 +176,53 @@ def load_summaries(run_dirs: list[Path], benchmark: str | None = None) -> pd.Dat
             "epochs": int(rec["epochs"]),
             "seconds": float(rec["seconds"]),
             "improvement": gain,
+            "chance_level": bool(rec.get("chance_level", False)),
+            "stopped_because": rec["stopped_because"],
+            "profile": rec.get("profile", ""),
+            **provenance_columns(rec.get("provenance")),
         })
-    df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    dup = df[df.duplicated(["benchmark", "variant", "seed"], keep=False)]
+    provenance = [c for row in rows for c in row if c.startswith("prov_")]
+    columns = BASE_COLUMNS + factor_names + RUN_COLUMNS + list(dict.fromkeys(provenance))
+    df = pd.DataFrame(rows, columns=columns)
+    keys = ["benchmark", "variant", *factor_names, "seed"]
+    dup = df[df.duplicated(keys, keep=False)]
     if not dup.empty:
-        pairs = sorted({(r.benchmark, r.variant, r.seed) for r in dup.itertuples()})
-        raise ValueError(f"the same run appears more than once in --runs: {pairs}")
+        raise ValueError(f"the same run appears more than once: {sorted(map(tuple, dup[keys].astype(str).values))}")
     if df["benchmark"].nunique() > 1:
         raise ValueError(f"runs of several benchmarks mixed: {sorted(df['benchmark'].unique())}")
-    return df.sort_values(["variant", "seed"], kind="stable").reset_index(drop=True)
+    return df.sort_values(["variant", *factor_names, "seed"], kind="stable").reset_index(drop=True)
+
+
+def provenance_columns(provenance: dict | None) -> dict:
+    """The flat provenance of a run's last session as ``prov_*`` columns (empty for older records)."""
+    if not provenance:
+        return {}
+    from .provenance import provenance_row
+
+    return {f"prov_{k}": v for k, v in provenance_row(provenance).items()}
+
+
+def factor_columns(df: pd.DataFrame) -> list[str]:
+    """The factor columns of a summary table (those between "variant" and "seed")."""
+    cols = list(df.columns)
+    return cols[cols.index("variant") + 1:cols.index("seed")]
+
+
+def by_dendrites(run_dirs: list[Path]) -> pd.DataFrame:
+    """Every neuron cycle of every run: its dendrite count, parameters, and the validation-selected
+    scores of that cycle (from the run's ``cycles.csv``). PhysioNet's Figures 10 and 11 read this."""
+    rows, factor_names = [], []
+    for run_dir in run_dirs:
+        rec = read_summary(Path(run_dir))
+        factors = rec.get("factors") or {}
+        factor_names += [f for f in factors if f not in factor_names]
+        ids = {"benchmark": rec["benchmark"], "variant": rec["variant"], **factors, "seed": rec["seed"]}
+        with open(Path(run_dir) / "cycles.csv", newline="") as f:
+            for cycle in csv.DictReader(f):
+                if cycle["phase"] == "neuron":
+                    rows.append({**ids, **{k: float(cycle[k]) if k in ("val", "test") else int(cycle[k])
+                                           for k in BY_DENDRITES_COLUMNS}})
+    return pd.DataFrame(rows, columns=BASE_COLUMNS + factor_names + ["seed"] + BY_DENDRITES_COLUMNS)
 
 
 def dendrite_counts(df: pd.DataFrame) -> pd.DataFrame:
@@ -225,22 +272,28 @@ def improvement(original, maximum, metric: str):
     return float(out) if out.ndim == 0 else out
 
 
+IMPROVEMENT_COLUMNS = ["n", "metric", "mean_original_test", "mean_max_test", "improvement_of_means",
+                       "mean_improvement", "median_improvement"]
+
+
 def improvement_summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Per variant: n, mean original/max test score, improvement of the means, and the mean
-    and median of the per-run improvements."""
+    """Per variant (and factor values): n, mean original/max test score, improvement of the means, and the
+    mean and median of the per-run improvements."""
+    keys = ["variant", *factor_columns(df)] if "seed" in df.columns and "variant" in df.columns else ["variant"]
     rows = []
-    for variant, group in df.groupby("variant", sort=True):
+    for ids, group in (df.groupby(keys, sort=True) if len(df) else []):
+        ids = ids if isinstance(ids, tuple) else (ids,)
         metric = group["metric"].iloc[0]
         mo, mm = group["original_test"].mean(), group["max_test"].mean()
         per_run = improvement(group["original_test"].to_numpy(), group["max_test"].to_numpy(), metric)
         rows.append({
-            "variant": variant, "metric": metric, "n": len(group),
+            **dict(zip(keys, ids)), "metric": metric, "n": len(group),
             "mean_original_test": mo, "mean_max_test": mm,
             "improvement_of_means": improvement(mo, mm, metric),
             "mean_improvement": float(np.nanmean(per_run)) if np.isfinite(per_run).any() else math.nan,
             "median_improvement": float(np.nanmedian(per_run)) if np.isfinite(per_run).any() else math.nan,
         })
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=keys + IMPROVEMENT_COLUMNS)
 
 
 def write_csv_atomic(df: pd.DataFrame, path: Path) -> Path:

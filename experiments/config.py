@@ -1,128 +1,304 @@
-"""Configuration: YAML files merged in order, checked against ``config/schema.yaml``.
+"""Configuration: YAML files merged in order, checked against ``config/schema.yaml`` and each benchmark
+package's ``config/schema/<package>.yaml``.
 
-The same functions serve the Snakefile and the command line, so a seed run by hand and a seed run by
-the pipeline see exactly the same settings (``run_config``).
+The same functions serve the Snakefile and the command line, so a run trained by hand and a run trained by
+the pipeline see exactly the same settings (:func:`run_settings`). Nothing here imports torch.
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import re
 from pathlib import Path
 
 import jsonschema
 import yaml
 
+from pb_core.variants import get_variant
+
 from .errors import ConfigError
+from .grid import Run, factor_values, format_value
+from .registry import get_info, package_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "config"
 DEFAULT_CONFIG = CONFIG_DIR / "config.yaml"
+BENCHMARK_CONFIG_DIR = CONFIG_DIR / "benchmarks"
 SCHEMA_PATH = CONFIG_DIR / "schema.yaml"
+PACKAGE_SCHEMA_DIR = CONFIG_DIR / "schema"
 
-# Keys of a benchmark block that describe the experiment as a whole, not one run.
-_SUITE_KEYS = ("seeds", "variants", "seed_overrides", "figure")
+# A benchmark block's keys that describe a run (and so may trigger its retraining); the others describe the
+# experiment as a whole (which seeds, variants, comparisons, figures, cluster resources).
+RUN_KEYS = ("data", "model", "train", "pb")
+PACKAGE_KEYS = ("data", "model", "train", "outputs")
+
+# Which `pb` keys each kind of variant uses: a run's settings hold only these, so changing, say,
+# pb.candidates retrains the covariance variants and leaves every baseline alone.
+NEURON_PB_KEYS = ("neuron_patience", "rel_threshold", "abs_threshold", "fixed_cycle_epochs", "max_cycle_epochs",
+                  "max_total_epochs")
+DENDRITE_PB_KEYS = ("max_dendrites", "activation", "layers", "stop_on_no_improvement", "candidate_init",
+                    "candidate_init_std")
+DENDRITE_PHASE_PB_KEYS = ("dendrite_patience", "cap_dendrite_phase", "candidate_optimizer")
+COVARIANCE_PB_KEYS = ("candidates", "dendrite_improvement", "dendrite_noise_alpha", "candidate_objective",
+                      "candidate_snapshot", "candidate_selection")
+
+
+def pb_keys_used(variant: str) -> tuple[str, ...]:
+    """The `pb` keys a variant's training reads (``baseline_matched`` copies its schedule: none)."""
+    if variant == "baseline_matched":
+        return ()
+    v = get_variant(variant)
+    keys = NEURON_PB_KEYS
+    if v.has_dendrites:
+        keys += DENDRITE_PB_KEYS
+    if v.has_dendrite_phase:
+        keys += DENDRITE_PHASE_PB_KEYS
+    if v.learning == "covariance":
+        keys += COVARIANCE_PB_KEYS
+    return keys
+
+
+# ---------------------------------------------------------------------------------------------- YAML
+class _Loader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where ``1e-3`` (no dot) is a string; YAML 1.2 and every user read it as 0.001."""
+
+
+_EXPONENT_FLOAT = re.compile(r"[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(f"^{_EXPONENT_FLOAT.pattern}$"),
+                              list("-+0123456789."))
+
+
+def load_yaml_text(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+# Mappings that are one value (an optimizer spec: {lr_scale: 5} and {name: sgd, lr: 0.1} must not blend).
+ATOMIC_KEYS = ("candidate_optimizer",)
 
 
 def deep_merge(base: dict, update: dict) -> dict:
-    """Merge ``update`` into a copy of ``base``; nested dicts merge, everything else replaces."""
+    """Merge ``update`` into a copy of ``base``; nested dicts merge (but those under ``ATOMIC_KEYS``), everything
+    else replaces."""
     out = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in ATOMIC_KEYS:
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
 
 
-def _normalise(cfg: dict) -> dict:
-    # YAML reads `7:` as an int key; JSON (and the schema) know only string keys.
+def _exponent_strings_to_floats(obj):
+    # Snakemake reads --configfile with its own YAML loader, which may leave "1e-3" a string.
+    if isinstance(obj, dict):
+        return {k: _exponent_strings_to_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_exponent_strings_to_floats(v) for v in obj]
+    if isinstance(obj, str) and _EXPONENT_FLOAT.fullmatch(obj.strip()):
+        return float(obj.replace("_", ""))
+    return obj
+
+
+def normalise(cfg: dict) -> dict:
+    """The canonical form of a configuration (modified in place and returned): YAML 1.2 numbers, every
+    benchmark's ``pb`` completed from ``pb_defaults``, and the keys of ``seed_overrides`` and
+    ``factor_overrides`` as strings (JSON and the schema know only those)."""
+    cfg.update(_exponent_strings_to_floats(cfg))
+    defaults = cfg.get("pb_defaults") if isinstance(cfg.get("pb_defaults"), dict) else {}
     for block in cfg.get("benchmarks", {}).values():
-        if isinstance(block, dict) and isinstance(block.get("seed_overrides"), dict):
+        if not isinstance(block, dict):
+            continue
+        if isinstance(block.get("pb", {}), dict):  # a block's pb overrides single keys of pb_defaults
+            block["pb"] = deep_merge(defaults, block.get("pb", {}))
+        if isinstance(block.get("seed_overrides"), dict):
             block["seed_overrides"] = {str(k): v for k, v in block["seed_overrides"].items()}
+        if isinstance(block.get("factor_overrides"), dict):
+            block["factor_overrides"] = {
+                name: ({format_value(k): v for k, v in values.items()} if isinstance(values, dict) else values)
+                for name, values in block["factor_overrides"].items()}
     return cfg
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def _schema_errors(schema: dict, instance, prefix: str) -> list[str]:
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
+    return [f"  {'.'.join([prefix, *map(str, e.absolute_path)]).strip('.') or '(top level)'}: {e.message}"
+            for e in errors]
+
+
+def _load_schema(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def _package_schema(package: str) -> dict:
+    path = PACKAGE_SCHEMA_DIR / f"{package}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"benchmark package {package!r} has no schema {path.relative_to(REPO_ROOT)}; "
+                          "every package checks its data/model/train/outputs keys there")
+    return _load_schema(path)
+
+
+def _block_errors(name: str, block: dict, pb_schema: dict) -> list[str]:
+    """Problems of one benchmark block beyond the common schema: its package's keys, factors, overrides."""
+    where = f"benchmarks.{name}"
+    try:
+        info = get_info({"benchmarks": {name: block}}, name)
+    except ConfigError as exc:
+        return [f"  {where}.package: {exc}"]
+    package_schema = _package_schema(info.package)
+    problems = _schema_errors(package_schema, {k: block[k] for k in PACKAGE_KEYS if k in block}, where)
+    try:
+        values = factor_values({"benchmarks": {name: block}}, name)
+    except ConfigError as exc:
+        return problems + [f"  {where}.factors: {exc}"]
+    for factor, overrides in block["factor_overrides"].items():
+        if factor not in values:
+            problems.append(f"  {where}.factor_overrides.{factor}: not a configured factor ({sorted(values)})")
+            continue
+        for value, override in overrides.items():
+            # An override of a value that is not configured applies to no run (a profile may narrow the
+            # values, e.g. the quick profile's two widths); its content is still checked.
+            problems += _override_errors(block, override, f"{where}.factor_overrides.{factor}.{value}",
+                                         package_schema, pb_schema)
+    for seed, override in block["seed_overrides"].items():
+        if not seed.isdigit():
+            problems.append(f"  {where}.seed_overrides.{seed}: keys are seeds (non-negative integers)")
+        problems += _override_errors(block, override, f"{where}.seed_overrides.{seed}", package_schema, pb_schema)
+    if "baseline_matched" in block["variants"] and block["matched_to"] not in block["variants"]:
+        problems.append(f"  {where}.matched_to: baseline_matched copies the schedule of {block['matched_to']!r}, "
+                        f"which is not among the variants {block['variants']}")
+    if block["matched_to"] in ("baseline", "baseline_matched"):
+        problems.append(f"  {where}.matched_to: must be a variant with dendrites, not {block['matched_to']!r}")
+    return problems
+
+
+def _override_errors(block: dict, override: dict, where: str, package_schema: dict, pb_schema: dict) -> list[str]:
+    """An override must leave a valid block: check the merged run-level keys."""
+    merged = deep_merge({k: block[k] for k in ("model", "train", "pb")},
+                        {k: v for k, v in override.items() if k in ("model", "train", "pb")})
+    problems = _schema_errors(pb_schema, merged["pb"], f"{where}.pb")
+    problems += _schema_errors({**package_schema, "required": []},
+                               {k: merged[k] for k in ("model", "train")}, where)
+    return problems
 
 
 def validate(cfg: dict, source: str = "configuration") -> dict:
-    """Raise ConfigError listing every problem (by key path) when ``cfg`` does not fit the schema."""
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(_normalise(cfg)), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = []
-        for err in errors:
-            where = ".".join(map(str, err.absolute_path)) or "(top level)"
-            lines.append(f"  {where}: {err.message}")
-        raise ConfigError(f"{source} does not fit {SCHEMA_PATH.relative_to(REPO_ROOT)}:\n" + "\n".join(lines)
-                          + "\nFix the keys above (see config/config.yaml for every key with a comment).")
+    """Raise ConfigError listing every problem (by key path) when ``cfg`` does not fit the schemas."""
+    normalise(cfg)
+    schema = _load_schema(SCHEMA_PATH)
+    problems = _schema_errors(schema, cfg, "")
+    if not problems:
+        pb_schema = {**schema["$defs"]["pb"], "$defs": schema["$defs"]}
+        for name, block in cfg["benchmarks"].items():
+            problems += _block_errors(name, block, pb_schema)
+    if problems:
+        raise ConfigError(f"{source} does not fit {SCHEMA_PATH.relative_to(REPO_ROOT)} (and "
+                          f"{PACKAGE_SCHEMA_DIR.relative_to(REPO_ROOT)}/<package>.yaml):\n" + "\n".join(problems)
+                          + "\nFix the keys above (config/config.yaml and config/benchmarks/*.yaml comment every key).")
     return cfg
 
 
+# ---------------------------------------------------------------------------------------------- loading
+def default_config_files() -> list[Path]:
+    """config/config.yaml, config/paper.yaml, then every config/benchmarks/*.yaml in name order."""
+    return [DEFAULT_CONFIG, CONFIG_DIR / "paper.yaml", *sorted(BENCHMARK_CONFIG_DIR.glob("*.yaml"))]
+
+
+def read_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; profiles live in {CONFIG_DIR}")
+    try:
+        data = load_yaml_text(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
 def parse_override(text: str) -> dict:
-    """``benchmarks.tox21.seeds=3`` -> nested dict; the value is read as YAML (numbers, lists, null)."""
+    """``benchmarks.tox21.seeds=3`` -> nested dict; the value is read as YAML 1.2 (numbers, lists, null)."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {text!r} must look like key.path=value, e.g. benchmarks.tox21.seeds=3")
-    nested: dict = yaml.safe_load(value) if value else None
+    try:
+        nested = load_yaml_text(value) if value else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc})") from None
     for part in reversed(key.split(".")):
         nested = {part: nested}
     return nested
 
 
 def load_config(paths: list[str | Path] | None = None, overrides: list[str] = ()) -> dict:
-    """The default config, then each file in ``paths``, then ``key=value`` overrides; validated."""
+    """The default files, then each file in ``paths``, then ``key=value`` overrides; validated."""
+    files = [*default_config_files(), *(paths or [])]
     cfg: dict = {}
-    for path in [DEFAULT_CONFIG, *(paths or [])]:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; profiles live in {CONFIG_DIR}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of keys, got {type(data).__name__}")
-        cfg = deep_merge(cfg, data)
+    for path in files:
+        cfg = deep_merge(cfg, read_config_file(path))
     for text in overrides:
         cfg = deep_merge(cfg, parse_override(text))
-    return validate(cfg, "configuration " + " + ".join(str(p) for p in [DEFAULT_CONFIG, *(paths or [])]))
+    sources = " + ".join(str(Path(p)) for p in [DEFAULT_CONFIG, *(paths or [])])
+    return validate(cfg, f"configuration {sources}{' + --set' if overrides else ''}")
 
 
+def read_config_json(path: str | Path) -> dict:
+    """A whole configuration as the Snakefile writes it for its jobs (already merged); validated."""
+    path = Path(path)
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read the configuration file {path} ({exc})") from None
+    return validate(cfg, str(path))
+
+
+# ---------------------------------------------------------------------------------------------- runs
 def benchmark_block(cfg: dict, benchmark: str) -> dict:
     try:
         return cfg["benchmarks"][benchmark]
     except KeyError:
-        raise ConfigError(f"benchmark {benchmark!r} has no block under 'benchmarks' in the configuration; "
+        raise ConfigError(f"unknown benchmark {benchmark!r}: no block under 'benchmarks' in the configuration; "
                           f"configured: {sorted(cfg.get('benchmarks', {}))}") from None
 
 
-def seeds(cfg: dict, benchmark: str) -> list[int]:
-    value = benchmark_block(cfg, benchmark)["seeds"]
-    return list(range(value)) if isinstance(value, int) else list(value)
+def run_settings(cfg: dict, run: Run) -> dict:
+    """Everything that determines one run's result, and nothing else (paths, device, seeds list, figures and
+    the keys its variant does not read are not in it). A run whose settings change is recomputed; one whose
+    settings do not change is left alone."""
+    block = benchmark_block(cfg, run.benchmark)
+    settings = {k: copy.deepcopy(block[k]) for k in RUN_KEYS}
+    for name, value in run.factors:
+        override = block["factor_overrides"].get(name, {}).get(format_value(value), {})
+        settings = deep_merge(settings, {k: v for k, v in override.items() if k in RUN_KEYS})
+    settings = deep_merge(settings, block["seed_overrides"].get(str(run.seed), {}))
+    settings["pb"] = {k: settings["pb"][k] for k in pb_keys_used(run.variant) if k in settings["pb"]}
+    out = {"benchmark": run.benchmark, "package": package_of(cfg, run.benchmark), "variant": run.variant,
+           "seed": run.seed, "factors": run.factor_dict, **settings}
+    if cfg["reproducible_cpu"]:  # other kernels, other numbers: never resumed or reused across the switch
+        out["reproducible_cpu"] = True
+    if run.variant == "baseline_matched":
+        out["matched_to"] = block["matched_to"]
+    return out
 
 
-def run_config(cfg: dict, benchmark: str, variant: str, seed: int) -> dict:
-    """Everything that determines one run's result, and nothing else (paths and device are not in it).
-
-    A run whose ``run_config`` changes is recomputed; one whose does not is left alone.
-    """
+def prepare_settings(cfg: dict, benchmark: str) -> dict:
+    """What a benchmark's prepare step depends on: its package and the block keys it declares."""
     block = benchmark_block(cfg, benchmark)
-    if variant not in block["variants"]:
-        raise ConfigError(f"variant {variant!r} is not configured for {benchmark}; "
-                          f"benchmarks.{benchmark}.variants is {block['variants']}")
-    settings = {k: v for k, v in block.items() if k not in _SUITE_KEYS}
-    override = block.get("seed_overrides", {}).get(str(seed))
-    if override:
-        settings = deep_merge(settings, override)
-        trial = copy.deepcopy(cfg)
-        trial["benchmarks"][benchmark] = deep_merge(block, override)
-        validate(trial, f"benchmarks.{benchmark}.seed_overrides.{seed}")
-    return {"benchmark": benchmark, "variant": variant, "seed": int(seed), **settings}
+    info = get_info(cfg, benchmark)
+    return {"package": info.package, **{k: block[k] for k in info.prepare_keys}}
 
 
-def rerun_command(benchmark: str, variant: str, seed) -> str:
-    """The command that trains (or resumes) one run by hand."""
-    return f"python -m experiments run {benchmark} --variant {variant} --seed {seed}"
+def prepared_path(cfg: dict, benchmark: str) -> Path:
+    return Path(cfg["cache_dir"]) / get_info(cfg, benchmark).prepared_path(benchmark_block(cfg, benchmark))
 
 
 def canonical_json(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def digest(obj, length: int = 12) -> str:
+    """A short stable hash of JSON-able settings (for file names that must change when settings do)."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]

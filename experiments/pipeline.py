@@ -1,96 +1,79 @@
-"""The pipeline's steps as plain functions of the configuration (the Snakefile's scripts and the
-command line both call these): download -> prepare -> (train: runner.py) -> aggregate -> figure."""
+"""The pipeline's steps as plain functions of the configuration (the Snakefile's rules and the command line
+both call these): download -> prepare -> (train: runner.py) -> aggregate -> outputs (outputs.py)."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-import pandas as pd
-
 from . import config as cfgmod
-from .aggregate import dendrite_counts, load_summaries, write_csv_atomic
+from .aggregate import by_dendrites, dendrite_counts, improvement_summary, load_summaries, write_csv_atomic
 from .download import ensure_file
 from .errors import UserError
-from .plotting import candlestick_figure
-from .registry import get_benchmark
-from .stats import default_comparisons, stats_table
+from .grid import grid, run_dir
+from .registry import AGGREGATE_TABLES, get_benchmark, get_info, resolve
+from .stats import comparison_table, configured_comparisons
 
 log = logging.getLogger("experiments")
 
-METRIC_LABELS = {"auc": "test ROC-AUC", "accuracy": "test accuracy", "precision_at_1": "test Precision@1"}
-CONTROLS = ("baseline", "baseline_matched")
-
 
 def download(cfg: dict, benchmark: str, only: str | None = None) -> list[Path]:
-    """Make sure every raw file of ``benchmark`` is in data_dir (fetching it if allowed), verified."""
-    files = get_benchmark(benchmark).raw_files()
+    """Make sure every raw file (or folder) of ``benchmark`` is in data_dir, fetching it when allowed."""
+    files = get_info(cfg, benchmark).raw_files(cfgmod.benchmark_block(cfg, benchmark))
     if only is not None:
-        files = [f for f in files if Path(f.name).name == only]
+        files = [f for f in files if f.name == only or Path(f.name).name == only]
         if not files:
             raise UserError(f"{benchmark} has no raw file named {only!r}")
-    return [ensure_file(Path(cfg["data_dir"]), f.name, f.url, sha256=f.sha256, md5=f.md5,
-                        download=cfg["download"]) for f in files]
+    data_dir = Path(cfg["data_dir"])
+    paths = []
+    for raw in files:
+        if raw.fetcher:
+            path = data_dir / raw.name
+            if not path.exists():
+                if not cfg["download"]:
+                    raise UserError(f"{path} is missing and downloading is switched off (download: false); "
+                                    f"fetch it as the README says for {benchmark}, or set download: true")
+                resolve(raw.fetcher)(raw, data_dir)
+            paths.append(path)
+        else:
+            paths.append(ensure_file(data_dir, raw.name, raw.url, sha256=raw.sha256, md5=raw.md5,
+                                     download=cfg["download"]))
+    return paths
 
 
 def prepare(cfg: dict, benchmark: str) -> Path:
-    """Featurise once into cache_dir (a cached result with the same source is reused)."""
-    bench = get_benchmark(benchmark)
-    settings = cfgmod.benchmark_block(cfg, benchmark)
-    return bench.prepare(settings, Path(cfg["data_dir"]), Path(cfg["cache_dir"]), cfg["download"])
-
-
-def comparisons(variants: list[str], treatment: str = "pb") -> list[tuple[str, str, str, str]]:
-    """pb against every configured control, plus pb's within-run gain (each once)."""
-    out: list[tuple[str, str, str, str]] = []
-    controls = [c for c in CONTROLS if c in variants] or [None]
-    for control in controls:
-        for row in default_comparisons(treatment, control):
-            if row not in out:
-                out.append(row)
-    return out
-
-
-def aggregate(cfg: dict, benchmark: str, run_summaries: list[str] | None = None) -> dict[str, Path]:
-    """results/<benchmark>/summary.csv, dendrite_counts.csv and stats.csv from the finished runs."""
+    """Read the raw data once into the prepared cache (a cache made from the same settings is reused)."""
     block = cfgmod.benchmark_block(cfg, benchmark)
+    return get_benchmark(cfg, benchmark).prepare(block, Path(cfg["data_dir"]), Path(cfg["cache_dir"]),
+                                                 cfg["download"], benchmark=benchmark)
+
+
+def aggregate_paths(cfg: dict, benchmark: str) -> dict[str, Path]:
     results = Path(cfg["results_dir"]) / benchmark
-    if run_summaries is None:
-        run_summaries = [results / v / f"seed{s}" / "summary.json"
-                         for v in block["variants"] for s in cfgmod.seeds(cfg, benchmark)]
-    df = load_summaries([Path(p).parent for p in run_summaries], benchmark=benchmark)
-    out = {"summary": results / "summary.csv", "counts": results / "dendrite_counts.csv",
-           "stats": results / "stats.csv"}
-    write_csv_atomic(df, out["summary"])
-    write_csv_atomic(dendrite_counts(df), out["counts"])
-    treatment = "pb" if "pb" in block["variants"] else None
-    if treatment:
-        try:
-            table = stats_table(df, comparisons(block["variants"], treatment), seed=0)
-        except ValueError as exc:  # e.g. a seed finished for one variant only
-            raise UserError(f"{benchmark} statistics: {exc}") from None
-    else:
-        table = pd.DataFrame()
-    write_csv_atomic(table, out["stats"])
-    log.info("%s: aggregated %d runs into %s", benchmark, len(df), results)
-    return out
+    return {name: results / f"{name}.csv" for name in AGGREGATE_TABLES}
 
 
-def figure(cfg: dict, benchmark: str, metric: str | None = None) -> Path:
-    """figures/<benchmark>_<metric>.pdf/.png: original vs max test score per variant, paper means marked."""
-    bench = get_benchmark(benchmark)
-    if metric is not None and metric != bench.metric:
-        raise UserError(f"{benchmark} is scored by {bench.metric!r}: ask for "
-                        f"{cfg['figures_dir']}/{benchmark}_{bench.metric}.pdf, not ..._{metric}.pdf")
+def aggregate(cfg: dict, benchmark: str) -> dict[str, Path]:
+    """The benchmark's tables from its finished runs: summary.csv (one row per run), dendrite_counts.csv
+    (the paper's Table 1), by_dendrites.csv (each neuron cycle's scores), improvement.csv (per variant and
+    factor values) and stats.csv (the configured comparisons, paired by factor values and seed)."""
     block = cfgmod.benchmark_block(cfg, benchmark)
-    summary = Path(cfg["results_dir"]) / benchmark / "summary.csv"
-    if not summary.is_file():
-        raise UserError(f"{summary} does not exist; make it with "
-                        f"`snakemake --cores 1 {summary}` (it aggregates the finished runs)")
-    df = pd.read_csv(summary)
-    paper = {f"{name} (paper)": value for name, value in block["figure"]["paper_means"].items()}
-    out = Path(cfg["figures_dir"]) / f"{benchmark}_{bench.metric}.pdf"
-    candlestick_figure(df, out, METRIC_LABELS.get(bench.metric, bench.metric), paper_means=paper,
-                       variants_order=list(block["variants"]),
-                       title=f"{benchmark}: first neuron cycle (original) vs best validation epoch (max)")
-    log.info("wrote %s and %s", out, out.with_suffix(".png"))
+    run_dirs = [run_dir(cfg["results_dir"], r) for r in grid(cfg, benchmark)]
+    df = load_summaries(run_dirs, benchmark=benchmark)
+    out = aggregate_paths(cfg, benchmark)
+    cycles = by_dendrites(run_dirs)
+    factors = [f.name for f in get_info(cfg, benchmark).factors if f.name in df.columns]
+    try:
+        table = comparison_table(configured_comparisons(block, df, factors), df, cycles, seed=0)
+    except ValueError as exc:  # e.g. a seed finished for one variant only
+        raise UserError(f"{benchmark} statistics: {exc}") from None
+    write_csv_atomic(df, out["summary"])
+    write_csv_atomic(dendrite_counts(df), out["dendrite_counts"])
+    write_csv_atomic(cycles, out["by_dendrites"])
+    write_csv_atomic(improvement_summary(df), out["improvement"])
+    write_csv_atomic(table, out["stats"])
+    flagged = df[df["chance_level"]]
+    if len(flagged):
+        log.warning("%s: %d run(s) never left chance level (column chance_level): %s", benchmark, len(flagged),
+                    ", ".join(f"{r.variant}/seed{r.seed}" for r in flagged.itertuples()))
+    log.info("%s: aggregated %d runs into %s", benchmark, len(df), out["summary"].parent)
     return out

@@ -46,63 +46,123 @@ def _draw_candle(ax, x: float, values: np.ndarray, color: str, gid: str) -> None
             markersize=5, linestyle="none", zorder=3, gid=f"mean:{gid}")
 
 
+SEED_POINTS_MAX = 30  # draw each seed's point (and the lines pairing a seed's runs) up to this many seeds
+
+
+def _shared_originals(df: pd.DataFrame, group_column: str, column: str) -> bool:
+    """True when every group's runs of a seed start from the same first cycle (the same original score).
+
+    Variants of one seed share their first neuron cycle (same initialisation, same data order, no dendrite
+    yet), so one "original" candle stands for all of them; where they differ, each keeps its own."""
+    if df.empty or df[group_column].nunique() < 2:
+        return False
+    spread = df.groupby("seed")[column].agg(lambda s: float(s.max() - s.min()))
+    return bool((spread <= 1e-12).all())
+
+
 def candlestick_figure(df: pd.DataFrame, out_pdf: Path, metric_label: str,
                        paper_means: dict[str, float] | None = None,
                        variants_order: list[str] | None = None, *, title: str | None = None,
-                       columns: tuple[str, str] = ("original_test", "max_test")) -> Figure:
-    """Candlesticks of original vs max scores per variant (rows of ``aggregate.load_summaries``).
+                       columns: tuple[str, str] = ("original_test", "max_test"), group_column: str = "variant",
+                       note: str | None = None, ax=None, save: bool = True) -> Figure:
+    """Candlesticks of original vs max scores per group (rows of ``aggregate.load_summaries``).
 
-    ``variants_order`` fixes the x order; a listed variant without runs keeps its slot, labelled
-    n=0; variants with runs but not listed are appended. ``paper_means`` maps a label to a score
-    drawn as a dashed horizontal line. ``columns`` are the (original, max) score columns (e.g.
-    ``("original_val", "max_val")`` for validation). Saves ``out_pdf`` and its ``.png``; returns
-    the figure.
+    Groups are the values of ``group_column`` (the variant, or a variant-and-factors label). When every group
+    of a seed shares the same original score (its first neuron cycle), one grey "first cycle" candle stands
+    for all of them at the left, followed by one "max" candle per group; otherwise each group has an
+    original and a max candle side by side. With at most ``SEED_POINTS_MAX`` seeds each run is a dot, and a
+    thin line joins the dots of one seed, so the pairing behind the statistics is visible.
+
+    ``variants_order`` fixes the x order of the groups; a listed group without runs keeps its slot, labelled
+    n=0; groups with runs but not listed are appended. ``paper_means`` maps a label to a score drawn as a
+    dashed horizontal line; ``note`` is written under the axes (e.g. profile and seeds). ``ax``: draw into
+    this axes (a panel of a larger figure) instead of a new figure; ``save``: write ``out_pdf`` and its .png.
     """
-    present = list(dict.fromkeys(df["variant"])) if len(df) else []
+    present = list(dict.fromkeys(df[group_column])) if len(df) else []
     order = list(variants_order or [])
     order += [v for v in sorted(present) if v not in order]
     if not order:
         raise ValueError("nothing to plot: no runs and no variants_order")
-    kinds = [(name, col, color) for (name, _, color), col in zip(CANDLE_KINDS, columns)]
+    (orig_name, _, orig_color), (max_name, _, max_color) = CANDLE_KINDS
+    shared = _shared_originals(df, group_column, columns[0])
 
-    fig = Figure(figsize=(max(4.0, 1.3 * len(order) + 2.0), 4.2))
-    ax = fig.add_subplot(1, 1, 1)
-    labels = []
-    for i, variant in enumerate(order):
-        rows = df[df["variant"] == variant] if len(df) else df
-        n = len(rows)
-        labels.append(f"{variant}\n(n={n})")
-        for (name, col, color), dx in zip(kinds, (-CANDLE_OFFSET, CANDLE_OFFSET)):
-            values = rows[col].dropna().to_numpy(dtype=float) if n else np.array([])
-            if values.size:
-                _draw_candle(ax, i + dx, values, color, f"{variant}:{name}")
+    if ax is None:
+        width = max(4.0, (0.8 if shared else 1.3) * len(order) + (3.0 if shared else 2.0))
+        fig = Figure(figsize=(width, 4.4))
+        ax = fig.add_subplot(1, 1, 1)
+    else:
+        fig = ax.figure
+    # slots: (x, group or None for the shared first cycle, kind, column, colour)
+    slots = []
+    if shared:
+        slots.append((0, None, "original", columns[0], orig_color))
+        slots += [(i + 1, g, "max", columns[1], max_color) for i, g in enumerate(order)]
+    else:
+        for i, g in enumerate(order):
+            slots += [(i - CANDLE_OFFSET, g, "original", columns[0], orig_color),
+                      (i + CANDLE_OFFSET, g, "max", columns[1], max_color)]
+    seeds = sorted(df["seed"].unique()) if len(df) else []
+    show_points = 0 < len(seeds) <= SEED_POINTS_MAX
+    jitter = {s: (k / max(len(seeds) - 1, 1) - 0.5) * 0.18 for k, s in enumerate(seeds)}
+    points: dict = {}  # seed -> [(x, y)] in slot order, for the pairing lines
+    for x, group, kind, col, color in slots:
+        rows = df if group is None else df[df[group_column] == group]
+        if group is None:  # one value per seed: the shared first cycle
+            rows = rows.drop_duplicates("seed")
+        rows = rows.dropna(subset=[col])
+        values = rows[col].to_numpy(dtype=float)
+        gid = f"{'first_cycle' if group is None else group}:{kind}"
+        if values.size:
+            _draw_candle(ax, x, values, color, gid)
+        if show_points and values.size:
+            xs = [x + jitter[s] for s in rows["seed"]]
+            ax.plot(xs, values, marker="o", markersize=3, linestyle="none", color="black", alpha=0.6,
+                    zorder=4, gid=f"seeds:{gid}")
+            for s, xp, yp in zip(rows["seed"], xs, values):
+                points.setdefault(s, []).append((xp, yp))
+    if show_points:
+        for s, pts in points.items():
+            if len(pts) > 1:
+                ax.plot(*zip(*pts), color="grey", linewidth=0.5, alpha=0.5, zorder=1, gid=f"pair:{s}")
 
+    counts = {g: int((df[group_column] == g).sum()) if len(df) else 0 for g in order}
+    if shared:
+        ticks = [0, *range(1, len(order) + 1)]
+        labels = [f"first cycle\n(all, n={len(seeds)})", *(f"{g}\n(n={counts[g]})" for g in order)]
+    else:
+        ticks = list(range(len(order)))
+        labels = [f"{g}\n(n={counts[g]})" for g in order]
     handles = [
-        Patch(facecolor=kinds[0][2], edgecolor="black", label="original (first neuron cycle)"),
-        Patch(facecolor=kinds[1][2], edgecolor="black", label="max (best validation epoch)"),
+        Patch(facecolor=orig_color, edgecolor="black",
+              label="original: first neuron cycle" + (" (shared by every variant of a seed)" if shared else "")),
+        Patch(facecolor=max_color, edgecolor="black", label="max: test at the best validation epoch"),
         Line2D([], [], color="black", label="box Q1-Q3, wick min-max"),
-        Line2D([], [], marker="o", color="white", markeredgecolor="black", linestyle="none",
-               label="mean"),
+        Line2D([], [], marker="o", color="white", markeredgecolor="black", linestyle="none", label="mean"),
     ]
+    if show_points:
+        handles.append(Line2D([], [], marker="o", markersize=3, color="black", linestyle="-", linewidth=0.5,
+                              label="one seed (lines join a seed's runs)"))
     for j, (label, value) in enumerate((paper_means or {}).items()):
         line = ax.axhline(value, color=PAPER_LINE_COLORS[j % len(PAPER_LINE_COLORS)],
                           linestyle="--", linewidth=1.0, zorder=0, label=f"{label}: {value:g}",
                           gid=f"paper:{label}")
         handles.append(line)
 
-    ax.set_xticks(range(len(order)))
-    ax.set_xticklabels(labels)
-    ax.set_xlim(-0.6, len(order) - 0.4)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_xlim(min(ticks) - 0.6, max(ticks) + 0.6)
     ax.autoscale(enable=True, axis="y")
     ax.relim()
     ax.autoscale_view(scalex=False)
     ax.set_ylabel(metric_label)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-              frameon=False)
-    save_figure_atomic(fig, out_pdf)
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    if note:
+        ax.annotate(note, xy=(0, -0.22), xycoords="axes fraction", fontsize=7, va="top", gid="note")
+    if save:
+        save_figure_atomic(fig, out_pdf)
     return fig
 
 

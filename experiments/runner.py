@@ -1,32 +1,45 @@
-"""Train one (benchmark, variant, seed) and write its records to ``results/<benchmark>/<variant>/seed<seed>/``.
+"""Train one run of the grid and write its records to ``<results_dir>/<benchmark>/<variant>/<point>/``.
 
-The folder holds ``config.json`` (the run's settings), ``epochs.csv``, ``cycles.csv``,
-``correlations.csv``, ``summary.json``, ``run.log``, ``model.pt`` and, while it trains,
-``checkpoint.pt``. A run interrupted at any point resumes from its last finished epoch when started
-again with the same settings; a run whose settings changed starts afresh; a finished run is not redone.
+The folder holds ``config.json`` (the run's settings), ``provenance.json`` (code, packages, CPU kernels,
+BLAS, threads and device of every session that trained it), ``epochs.csv``, ``cycles.csv``,
+``correlations.csv``, ``run.log``, and, once finished, ``summary.json`` and ``model.pt``. While it trains,
+``checkpoint.pt`` holds everything needed to resume: a run interrupted at any point (killed, out of
+walltime) resumes from its last finished epoch when started again with the same settings. A finished run
+deletes its checkpoint: a finished run is never a resume point, so a run whose ``summary.json`` is deleted
+(``snakemake --forcerun train``, ``-R train``) trains again from scratch. A run whose settings changed starts
+afresh. Everything is checked (benchmark, variant, seed, factor values, prepared data) before the folder
+is created, so bad input leaves nothing behind.
 """
 from __future__ import annotations
 
 import csv
 import json
 import logging
+import math
+import os
 import random
 import sys
+import traceback
 from pathlib import Path
 
-import numpy as np
-import torch
-
-import pb_core
-
 from . import config as cfgmod
-from .config import rerun_command
-from .errors import ConfigError, UserError
-from .registry import get_benchmark
+from .errors import UserError
+from .grid import Run, run_dir
+from .registry import EpochContext, get_benchmark, get_info
 
 log = logging.getLogger("experiments")
 
-RUN_FILES = ("epochs.csv", "cycles.csv", "correlations.csv", "summary.json", "model.pt", "checkpoint.pt")
+RUN_FILES = ("epochs.csv", "cycles.csv", "correlations.csv", "summary.json", "model.pt", "checkpoint.pt",
+             "provenance.json", "run.log")
+# pb keys passed to pb_core as they are (when the run's variant reads them: see config.pb_keys_used).
+CANDIDATE_KEYS = ("candidate_init", "candidate_init_std", "candidate_objective", "candidate_optimizer",
+                  "candidate_snapshot", "candidate_selection", "dendrite_noise_alpha", "stop_on_no_improvement")
+# A run whose validation score never moves further than this from the metric's chance level is flagged.
+CHANCE_TOLERANCE = 0.01
+
+
+class DivergedError(UserError):
+    """The training loss became NaN or infinite."""
 
 
 def read_json(path: Path) -> dict:
@@ -36,51 +49,99 @@ def read_json(path: Path) -> dict:
         raise UserError(f"cannot read {path} ({exc}); delete it and rerun the run it belongs to") from None
 
 
-def run_dir(results_dir: Path, benchmark: str, variant: str, seed: int) -> Path:
-    return Path(results_dir) / benchmark / variant / f"seed{seed}"
-
-
 def resolve_device(device: str) -> str:
+    """The device a run trains on. ``cuda`` means one GPU among those this job may see: the one named by
+    ``PB_CUDA_DEVICE`` (an index among the visible GPUs), else, when several are visible, the one with the
+    most free memory right now; never GPU 0 by assumption (a scheduler such as SLURM narrows the visible
+    GPUs with CUDA_VISIBLE_DEVICES, and several runs may share a machine)."""
+    import torch
+
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device is 'cuda' but torch sees no CUDA device; set device: cpu (or auto)")
-    return device
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise UserError("device is 'cuda' but torch sees no CUDA device; set device: cpu (or auto)")
+    count = torch.cuda.device_count()
+    named = os.environ.get("PB_CUDA_DEVICE")
+    if named is not None:
+        if not named.isdigit() or int(named) >= count:
+            raise UserError(f"PB_CUDA_DEVICE={named!r} is not one of the {count} visible GPU indices")
+        return f"cuda:{int(named)}"
+    if count == 1:
+        return "cuda:0"
+    free = [torch.cuda.mem_get_info(i)[0] for i in range(count)]
+    return f"cuda:{max(range(count), key=free.__getitem__)}"
+
+
+def make_gpu_deterministic() -> None:
+    """What PyTorch needs for repeatable GPU runs. cuBLAS needs its workspace setting before it starts;
+    cuDNN picks deterministic kernels and no benchmarking; other ops use their deterministic versions where
+    one exists and warn where none does (PyG's scatter reductions may be such ops): such a run is not
+    bit-repeatable on a GPU, and the warning in run.log says which op."""
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def matched_cycles(results_dir: Path, benchmark: str, seed: int, reference: str = "pb") -> list[int]:
-    """Epochs of each cycle of the reference run of the same seed, for the compute-matched baseline.
+def matched_cycles(results_dir: Path, run: Run, reference: str) -> list[int]:
+    """Epochs of each cycle of the reference run (same factors and seed), for the compute-matched baseline.
 
     Read from its ``epochs.csv``, so a last cycle cut short (max_total_epochs) counts too: the control
     trains exactly as many epochs as the reference, restarting its schedule wherever the reference switched.
     """
-    ref = run_dir(results_dir, benchmark, reference, seed)
+    ref_run = run.with_variant(reference)
+    ref = run_dir(results_dir, ref_run)
     if not (ref / "summary.json").is_file():
-        raise UserError(f"baseline_matched for seed {seed} needs the finished {reference} run in {ref}; "
-                        f"run it first: {rerun_command(benchmark, reference, seed)}")
+        raise UserError(f"{run.label} (baseline_matched) needs the finished {reference} run in {ref}; "
+                        f"run it first: {ref_run.command()}")
     with open(ref / "epochs.csv", newline="") as f:
         cycles = [int(row["cycle"]) for row in csv.DictReader(f)]
     return [cycles.count(c) for c in sorted(set(cycles))]
 
 
-def _prepare_folder(out: Path, settings: dict) -> bool:
-    """Make ``out`` hold this run: True when it is already finished with these settings."""
-    out.mkdir(parents=True, exist_ok=True)
+def _finished(out: Path, settings: dict) -> bool:
     saved = out / "config.json"
-    if saved.is_file():
-        if read_json(saved) == settings:
-            return (out / "summary.json").is_file()
-        log.info("settings of %s changed: starting this run afresh", out)
+    return saved.is_file() and (out / "summary.json").is_file() and read_json(saved) == settings
+
+
+def _checkpoint_is_resumable(path: Path) -> bool:
+    """A checkpoint of an unfinished run (a finished run's checkpoint is never a resume point)."""
+    import torch
+
+    if not path.is_file():
+        return False
+    try:
+        return not torch.load(path, map_location="cpu", weights_only=False)["state"]["done"]
+    except Exception:  # unreadable or foreign: pb_core reports it when it loads the file
+        return True
+
+
+def _start_folder(out: Path, settings: dict) -> None:
+    """Make ``out`` hold this run: keep a resumable checkpoint of the same settings, else start clean."""
+    saved = out / "config.json"
+    same = saved.is_file() and read_json(saved) == settings
+    if not (same and _checkpoint_is_resumable(out / "checkpoint.pt")):
+        if saved.is_file() and not same:
+            log.info("settings of %s changed: starting this run afresh", out)
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
-    pb_core.records.write_json(saved, settings)
-    return False
+    out.mkdir(parents=True, exist_ok=True)
+    from pb_core.records import write_json
+
+    write_json(saved, settings)
 
 
 def _progress(label: str):
@@ -111,56 +172,122 @@ def _attach_log(out: Path) -> logging.Handler:
     return handler
 
 
-def train_run(settings: dict, *, data_dir: Path, cache_dir: Path, results_dir: Path, device: str = "auto",
-              download: bool = True, threads: int = 1) -> dict:
-    """Train the run described by ``settings`` (from :func:`experiments.config.run_config`)."""
-    benchmark, variant, seed = settings["benchmark"], settings["variant"], int(settings["seed"])
-    bench = get_benchmark(benchmark)
-    if variant == "baseline_matched":
-        settings = {**settings, "matched_cycles": matched_cycles(results_dir, benchmark, seed)}
-    out = run_dir(results_dir, benchmark, variant, seed)
-    if _prepare_folder(out, settings):
+def _record_provenance(out: Path, device: str, threads: int) -> dict:
+    """Append this session's provenance to the run's provenance.json (a resumed run may change machine)."""
+    from pb_core.records import write_json
+
+    from .provenance import provenance
+
+    path = out / "provenance.json"
+    sessions = read_json(path)["sessions"] if path.is_file() else []
+    current = provenance(device, threads)
+    write_json(path, {"sessions": [*sessions, current]})
+    return current
+
+
+def _checked_train_epoch(exp, controller, run: Run):
+    """The benchmark's loop as pb_core calls it: told the phase, and stopped on a non-finite loss."""
+    from pb_core import dendritic_layers
+
+    def train_epoch(model, optimizer) -> float:
+        state = controller.state
+        candidates = {id(p) for _, layer in dendritic_layers(model) for p in layer.candidate_parameters()}
+        ctx = EpochContext(phase=state.phase, epoch=state.epoch, cycle=state.cycle, scheduler=controller.scheduler,
+                           network_parameters=[p for p in model.parameters() if id(p) not in candidates])
+        loss = float(exp.train_epoch(model, optimizer, ctx))
+        if not math.isfinite(loss):
+            lr = optimizer.param_groups[0]["lr"] if optimizer.param_groups else float("nan")
+            raise DivergedError(
+                f"{run.label}: the training loss is {loss} in epoch {state.epoch} ({state.phase} phase, learning "
+                f"rate {lr:g}): the run diverged. Lower the learning rate (train.lr) and rerun; the run's folder "
+                f"keeps its last finished epoch, and a rerun with changed settings starts afresh.")
+        return loss
+    return train_epoch
+
+
+def _never_left_chance(rows: list[dict], chance: float) -> bool:
+    vals = [r["val"] for r in rows if r["phase"] == "neuron"]
+    return bool(vals) and all(abs(v - chance) <= CHANCE_TOLERANCE for v in vals)
+
+
+def train(cfg: dict, run: Run, threads: int | None = None) -> dict:
+    """Train ``run`` (or resume it, or do nothing when it is finished with the same settings); its summary."""
+    results_dir = Path(cfg["results_dir"])
+    settings = cfgmod.run_settings(cfg, run)
+    info = get_info(cfg, run.benchmark)
+    if run.variant == "baseline_matched":
+        settings["matched_cycles"] = matched_cycles(results_dir, run, settings["matched_to"])
+    out = run_dir(results_dir, run)
+    if _finished(out, settings):
+        (out / "checkpoint.pt").unlink(missing_ok=True)
         log.info("%s is finished with these settings; nothing to do", out)
         return read_json(out / "summary.json")
+
+    import torch
+
+    import pb_core
+    from pb_core.records import write_json
+
+    if cfg["reproducible_cpu"]:
+        from .provenance import after_torch_import
+        after_torch_import()  # the switches that exist only once torch is loaded (oneDNN off)
+    threads = threads or cfg["torch_threads"]
+    torch.set_num_threads(threads)
+    device = resolve_device(cfg["device"])
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+        make_gpu_deterministic()
+    seed_everything(run.seed)
+    exp = get_benchmark(cfg, run.benchmark).build(settings, cfgmod.prepared_path(cfg, run.benchmark), device)
+    _start_folder(out, settings)
     handler = _attach_log(out)
     try:
-        torch.set_num_threads(threads)
-        device = resolve_device(device)
-        prepared = bench.prepare(settings, Path(data_dir), Path(cache_dir), download)
-        seed_everything(seed)
-        exp = bench.build(settings, prepared, device)
+        session = _record_provenance(out, device, threads)
         pb = settings["pb"]
         switch = lambda patience: pb_core.SwitchPolicy(  # noqa: E731
             patience=patience, fixed_epochs=pb.get("fixed_cycle_epochs"), max_epochs=pb.get("max_cycle_epochs"),
-            rel_threshold=pb["rel_threshold"], abs_threshold=pb["abs_threshold"])
-        core_variant = "baseline" if variant == "baseline_matched" else variant
-        label = f"{benchmark}/{variant}/seed{seed}"
+            rel_threshold=pb.get("rel_threshold", 0.0), abs_threshold=pb.get("abs_threshold", 0.0))
+        matched = run.variant == "baseline_matched"
+        core_variant = "baseline" if matched else run.variant
+        dendritic = pb_core.get_variant(core_variant).has_dendrites
+        extra = {key: pb[key] for key in CANDIDATE_KEYS if key in pb}  # only what this variant reads
+        if exp.scheduler_per_batch:
+            extra["scheduler_step"] = lambda scheduler, metric: None  # the benchmark steps it per batch
         controller = pb_core.CycleController(
             exp.model, core_variant, optimizer_factory=exp.optimizer_factory,
-            scheduler_factory=exp.scheduler_factory, neuron_switch=switch(pb["neuron_patience"]),
-            dendrite_switch=switch(pb["dendrite_patience"]), candidates=pb["candidates"],
-            max_dendrites=pb["max_dendrites"], cap_dendrite_phase=pb["cap_dendrite_phase"],
-            dendrite_improvement=pb["dendrite_improvement"], mode=bench.mode,
-            layers=pb["layers"], head=exp.head, activation=pb["activation"],
-            baseline_cycles=settings.get("matched_cycles"),
-            max_total_epochs=None if variant == "baseline_matched" else pb["max_total_epochs"],
-            out_dir=out, on_epoch_end=[_progress(label)],
-            summary_extra={"benchmark": benchmark, "seed": seed, "metric": bench.metric,
-                           "variant": variant, "device": device})
-        log.info("%s: %s on %s, %d parameters, dendrite layers: %s", label, variant, device,
+            scheduler_factory=exp.scheduler_factory, candidate_optimizer_factory=exp.candidate_optimizer_factory,
+            neuron_switch=switch(pb.get("neuron_patience", 1)),
+            dendrite_switch=switch(pb["dendrite_patience"]) if "dendrite_patience" in pb else None,
+            candidates=pb.get("candidates"), max_dendrites=pb.get("max_dendrites"),
+            cap_dendrite_phase=pb.get("cap_dendrite_phase", False),
+            dendrite_improvement=pb.get("dendrite_improvement", "neuron"), mode=info.mode,
+            layers=pb.get("layers") if dendritic else None, head=exp.head, activation=pb.get("activation", "sigmoid"),
+            baseline_cycles=settings.get("matched_cycles"), max_total_epochs=pb.get("max_total_epochs"),
+            out_dir=out, on_epoch_end=[_progress(run.label)],
+            summary_extra={"benchmark": run.benchmark, "seed": run.seed, "factors": run.factor_dict,
+                           "metric": info.metric, "variant": run.variant, "device": device,
+                           "profile": cfg["profile"], **exp.extra},
+            **extra)
+        log.info("%s: %s on %s, %d parameters, dendrite layers: %s", run.label, run.variant, device,
                  controller.params_original, controller.layer_names or "none")
-        summary = controller.fit(exp.train_epoch, exp.evaluate)
-        log.info("%s finished: original test %.4f, max test %.4f with %d dendrites (%s)", label,
+        controller.fit(_checked_train_epoch(exp, controller, run), exp.evaluate)
+        summary = {**controller.summary(), "chance": info.chance,
+                   "chance_level": _never_left_chance(controller.state.rows, info.chance), "provenance": session}
+        if summary["chance_level"]:
+            log.warning("%s: its validation %s never left chance level %g (+-%g): the run learned nothing; "
+                        "check the learning rate and the data", run.label, info.metric, info.chance, CHANCE_TOLERANCE)
+        write_json(out / "summary.json", summary)
+        (out / "checkpoint.pt").unlink(missing_ok=True)
+        log.info("%s finished: original test %.4f, max test %.4f with %d dendrites (%s)", run.label,
                  summary["original"]["test"], summary["max"]["test"], summary["final_dendrites"],
                  summary["stopped_because"])
         return summary
+    except BaseException as exc:
+        # The error goes into run.log too, where someone reading the run's folder looks for it.
+        detail = str(exc) if isinstance(exc, UserError) else traceback.format_exc()
+        log.error("%s failed: %s", run.label, detail if not isinstance(exc, KeyboardInterrupt) else "interrupted")
+        raise
     finally:
         for name in ("experiments", "pb_core"):
             logging.getLogger(name).removeHandler(handler)
         handler.close()
-
-
-def train_from_config(cfg: dict, benchmark: str, variant: str, seed: int, threads: int | None = None) -> dict:
-    return train_run(cfgmod.run_config(cfg, benchmark, variant, seed), data_dir=Path(cfg["data_dir"]),
-                     cache_dir=Path(cfg["cache_dir"]), results_dir=Path(cfg["results_dir"]),
-                     device=cfg["device"], download=cfg["download"], threads=threads or cfg["torch_threads"])

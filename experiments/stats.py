@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ from scipy import stats as _scipy_stats
 
 N_RESAMPLES = 10_000
 STATS_COLUMNS = [
-    "comparison", "treatment", "control", "column", "control_column", "n", "mean_treatment",
+    "comparison", "treatment", "control", "factors", "column", "control_column", "n", "mean_treatment",
     "mean_control", "mean_diff", "ci_low", "ci_high", "wilcoxon_p", "note",
 ]
 
@@ -81,8 +82,13 @@ def paired_difference(df: pd.DataFrame, treatment: str, control: str, column: st
     wilcoxon_p, note.
     """
     control_column = control_column or column
-    t = _scores_by_seed(df, treatment, column)
-    c = _scores_by_seed(df, control, control_column)
+    return paired_scores(_scores_by_seed(df, treatment, column), _scores_by_seed(df, control, control_column),
+                         treatment, control, allow_unpaired=allow_unpaired, n_resamples=n_resamples, seed=seed)
+
+
+def paired_scores(t: pd.Series, c: pd.Series, treatment: str = "treatment", control: str = "control", *,
+                  allow_unpaired: bool = False, n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict:
+    """The paired statistics of two score series indexed by seed (see :func:`paired_difference`)."""
     only_t = sorted(set(t.index) - set(c.index))
     only_c = sorted(set(c.index) - set(t.index))
     notes = []
@@ -97,7 +103,7 @@ def paired_difference(df: pd.DataFrame, treatment: str, control: str, column: st
     seeds = sorted(set(t.index) & set(c.index))
     if not seeds:
         raise ValueError(f"no seed has runs of both {treatment} and {control}")
-    tv, cv = t.loc[seeds].to_numpy(), c.loc[seeds].to_numpy()
+    tv, cv = t.loc[seeds].to_numpy(dtype=float), c.loc[seeds].to_numpy(dtype=float)
     diff = tv - cv
     low, high = bootstrap_mean_ci(diff, n_resamples=n_resamples, seed=seed)
     if len(seeds) == 1:
@@ -149,8 +155,110 @@ def stats_table(df: pd.DataFrame, comparisons, *, seed: int = 0, allow_unpaired:
                                 allow_unpaired=allow_unpaired, n_resamples=n_resamples, seed=seed)
         rows.append({
             "comparison": f"{treatment} {_short(column)} - {control} {_short(control_column)}",
-            "treatment": treatment, "control": control,
+            "treatment": treatment, "control": control, "factors": "",
             "column": column, "control_column": control_column,
-            **{k: res[k] for k in STATS_COLUMNS[5:]},
+            **{k: res[k] for k in STATS_COLUMNS[6:]},
         })
+    return pd.DataFrame(rows, columns=STATS_COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------- a benchmark's comparisons
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: the runs of ``variant`` at ``factors``, scored by ``column`` of summary.csv,
+    or, with ``dendrites``, by the neuron cycle with that many dendrites (``column`` "test" or "val" of
+    by_dendrites.csv)."""
+    variant: str
+    factors: tuple = ()
+    column: str = "max_test"
+    dendrites: int | None = None
+
+    def describe(self, with_factors: bool) -> str:
+        parts = [self.variant]
+        if with_factors and self.factors:
+            parts.append(_factor_text(self.factors))
+        if self.dendrites is not None:
+            parts.append(f"{self.dendrites} dendrite{'s' if self.dendrites != 1 else ''} {self.column}")
+        else:
+            parts.append(_short(self.column))
+        return " ".join(parts)
+
+
+def _factor_text(factors) -> str:
+    from .grid import format_value
+
+    return ",".join(f"{k}={format_value(v)}" for k, v in factors)
+
+
+def side_scores(side: Side, summary: pd.DataFrame, by_dendrites: pd.DataFrame | None = None) -> pd.Series:
+    """The side's scores by seed (ValueError naming what is missing)."""
+    table = summary if side.dendrites is None else by_dendrites
+    if table is None:
+        raise ValueError("a comparison by dendrite count needs the by_dendrites table")
+    rows = table[table["variant"] == side.variant]
+    for name, value in side.factors:
+        if name not in rows.columns:
+            raise ValueError(f"no factor {name!r} in the runs table")
+        rows = rows[rows[name].astype(float) == float(value)] if not isinstance(value, str) else rows[rows[name] == value]
+    if side.dendrites is not None:
+        rows = rows[rows["dendrites"] == side.dendrites]
+    if rows.empty:
+        raise ValueError(f"no runs for {side.describe(True)}")
+    if rows["seed"].duplicated().any():
+        raise ValueError(f"{side.describe(True)} has several runs of one seed")
+    if side.column not in rows.columns:
+        raise ValueError(f"no column {side.column!r} in the runs table (columns: {list(rows.columns)})")
+    return rows.set_index("seed")[side.column].astype(float)
+
+
+def configured_comparisons(block: dict, summary: pd.DataFrame, factor_names: list[str]) -> list[tuple[Side, Side]]:
+    """The comparisons a benchmark's configuration asks for, where both sides have runs.
+
+    For every combination of factor values: each treatment against each control (max - max, and original -
+    original, which should be about 0 when the two share their first cycle), and each treatment's max against
+    its own original; then the ``extra`` comparisons across factor values or dendrite counts.
+    """
+    pairs: list[tuple[Side, Side]] = []
+    combos = (summary[factor_names].drop_duplicates().to_dict("records") if factor_names and len(summary)
+              else [{}])
+    wanted = block["comparisons"]
+    for combo in combos:
+        factors = tuple((k, combo[k]) for k in factor_names)
+        at = summary
+        for k, v in combo.items():
+            at = at[at[k] == v]
+        present = set(at["variant"])
+        for treatment in (t for t in wanted["treatments"] if t in present):
+            rows = []
+            for control in (c for c in wanted["controls"] if c in present and c != treatment):
+                rows += [(Side(treatment, factors), Side(control, factors)),
+                         (Side(treatment, factors, "original_test"), Side(control, factors, "original_test"))]
+            rows.append((Side(treatment, factors), Side(treatment, factors, "original_test")))
+            pairs += [p for p in rows if p not in pairs]
+    for extra in wanted.get("extra", []):
+        sides = []
+        for key in ("treatment", "control"):
+            spec = extra[key]
+            order = [f for f in factor_names if f in spec.get("factors", {})]
+            sides.append(Side(spec["variant"], tuple((f, spec["factors"][f]) for f in order),
+                              spec.get("column", "max_test" if "dendrites" not in spec else "test"),
+                              spec.get("dendrites")))
+        pairs.append(tuple(sides))
+    return pairs
+
+
+def comparison_table(pairs: list[tuple[Side, Side]], summary: pd.DataFrame,
+                     by_dendrites: pd.DataFrame | None = None, *, seed: int = 0,
+                     n_resamples: int = N_RESAMPLES) -> pd.DataFrame:
+    """One row per (treatment, control) pair of :class:`Side`, paired by seed (columns ``STATS_COLUMNS``);
+    always has the header, even with no pair."""
+    rows = []
+    for t, c in pairs:
+        cross = t.factors != c.factors
+        res = paired_scores(side_scores(t, summary, by_dendrites), side_scores(c, summary, by_dendrites),
+                            t.describe(cross), c.describe(cross), n_resamples=n_resamples, seed=seed)
+        factors = (f"{_factor_text(t.factors)} vs {_factor_text(c.factors)}" if cross else _factor_text(t.factors))
+        rows.append({"comparison": f"{t.describe(cross)} - {c.describe(cross)}", "treatment": t.variant,
+                     "control": c.variant, "factors": factors, "column": t.column, "control_column": c.column,
+                     **{k: res[k] for k in STATS_COLUMNS[6:]}})
     return pd.DataFrame(rows, columns=STATS_COLUMNS)

@@ -20,9 +20,11 @@ from experiments.stats import (
 
 
 def write_run(root, benchmark, variant, seed, original_test, max_test, dendrites=0,
-              metric="auc", params=1000):
-    """Write results/<benchmark>/<variant>/seed<seed>/ exactly as the runner's contract says."""
-    run = root / benchmark / variant / f"seed{seed}"
+              metric="auc", params=1000, factors=None):
+    """Write results/<benchmark>/<variant>/<point>/ exactly as the runner's contract says."""
+    from experiments.grid import Run, run_dir
+
+    run = run_dir(root, Run(benchmark, variant, seed, tuple((factors or {}).items())))
     run.mkdir(parents=True)
     per_dendrite = params  # about one model's worth of parameters per dendrite
     original = {"epoch": 3, "cycle": 0, "dendrites": 0, "params": params,
@@ -30,7 +32,7 @@ def write_run(root, benchmark, variant, seed, original_test, max_test, dendrites
     best = {"epoch": 3 + 4 * dendrites, "cycle": 2 * dendrites, "dendrites": dendrites,
             "params": params + dendrites * per_dendrite, "train": 0.97,
             "val": max_test + 0.01, "test": max_test}
-    summary = {"benchmark": benchmark, "variant": variant, "seed": seed, "metric": metric,
+    summary = {"benchmark": benchmark, "variant": variant, "seed": seed, "factors": factors or {}, "metric": metric,
                "mode": "max", "original": original, "max": best, "final_dendrites": dendrites,
                "dendrites_added": dendrites + 1, "params_final": best["params"],
                "epochs": 5 + 4 * dendrites, "seconds": 12.5, "stopped_because": "no_improvement"}
@@ -49,6 +51,9 @@ def write_run(root, benchmark, variant, seed, original_test, max_test, dendrites
         w = csv.writer(f)
         w.writerow(["cycle", "phase", "dendrites", "params", "epochs", "best_epoch", "val", "test"])
         w.writerow([0, "neuron", 0, params, 5, 3, original["val"], original_test])
+        for d in range(1, dendrites + 1):
+            w.writerow([2 * d - 1, "dendrite", d - 1, params * d, 2, 0, original["val"], original_test])
+            w.writerow([2 * d, "neuron", d, params * (1 + d), 2, 0, max_test + 0.01, max_test])
     return run
 
 
@@ -289,3 +294,54 @@ def test_cli_aggregate_writes_tables_and_names_a_broken_run(runs, tmp_path, caps
     assert main(args) == 2
     err = capsys.readouterr().err
     assert str(runs[1] / "summary.json") in err and "python -m experiments run tox21 --variant baseline --seed 1" in err
+
+
+def test_factor_columns_pairs_by_factor_and_seed_and_cross_factor_comparisons(tmp_path):
+    from experiments.aggregate import by_dendrites
+    from experiments.stats import comparison_table, configured_comparisons
+
+    root = tmp_path / "results"
+    dirs = []
+    pb = {0.5: [0.70, 0.72, 0.74], 1: [0.80, 0.81, 0.79]}
+    base = {0.5: [0.68, 0.69, 0.71], 1: [0.78, 0.80, 0.80]}
+    for width in (0.5, 1):
+        for seed in range(3):
+            dirs.append(write_run(root, "physio", "pb", seed, base[width][seed], pb[width][seed], dendrites=2,
+                                  factors={"width": width}))
+            dirs.append(write_run(root, "physio", "baseline", seed, base[width][seed], base[width][seed],
+                                  factors={"width": width}))
+    df = load_summaries(dirs)
+    assert list(df.columns[:4]) == ["benchmark", "variant", "width", "seed"]
+    assert (root / "physio" / "pb" / "width0.5-seed2" / "summary.json").is_file()
+    block = {"comparisons": {"treatments": ["pb"], "controls": ["baseline"], "extra": [
+        {"treatment": {"variant": "pb", "factors": {"width": 0.5}, "dendrites": 2},
+         "control": {"variant": "baseline", "factors": {"width": 1}}}]}}
+    cycles = by_dendrites(dirs)
+    assert set(cycles[cycles.variant == "pb"]["dendrites"]) == {0, 1, 2}
+    table = comparison_table(configured_comparisons(block, df, ["width"]), df, cycles)
+    rows = table.set_index(["comparison", "factors"])
+    half = rows.loc[("pb max - baseline max", "width=0.5")]
+    assert half.n == 3 and half.mean_diff == pytest.approx(np.mean(np.subtract(pb[0.5], base[0.5])))
+    one = rows.loc[("pb max - baseline max", "width=1")]
+    assert one.mean_diff == pytest.approx(np.mean(np.subtract(pb[1], base[1])))
+    cross = table[table.factors == "width=0.5 vs width=1"].iloc[0]
+    assert cross.comparison == "pb width=0.5 2 dendrites test - baseline width=1 max"
+    assert cross.mean_diff == pytest.approx(np.mean(np.subtract(pb[0.5], base[1])))
+    # A factor combination where one side has no runs gives no row for it (and no error).
+    table = comparison_table(configured_comparisons(block, df[~((df.variant == "baseline") & (df.width == 1))],
+                                                    ["width"])[:3], df, cycles)
+    assert set(table.factors) == {"width=0.5"}
+
+
+def test_stats_has_a_header_even_without_pairs(runs, tmp_path):
+    from experiments.__main__ import main
+    from experiments.stats import comparison_table
+
+    assert list(comparison_table([], load_summaries(runs)).columns) == STATS_COLUMNS
+    args = ["aggregate", "tox21", "--set", f"results_dir={tmp_path / 'results'}",
+            "--set", "benchmarks.tox21.seeds=[1, 2, 3, 4]", "--set", "benchmarks.tox21.variants=[baseline]"]
+    assert main(args) == 0
+    stats = (tmp_path / "results" / "tox21" / "stats.csv").read_text()
+    assert stats.strip() == ",".join(STATS_COLUMNS)
+    improvement = pd.read_csv(tmp_path / "results" / "tox21" / "improvement.csv")
+    assert improvement.variant.tolist() == ["baseline"] and improvement.n.tolist() == [4]

@@ -1,8 +1,10 @@
-"""The Snakemake pipeline end to end on real Tox21 molecules: download -> prepare -> train -> aggregate -> figure.
+"""The Snakemake workflow end to end on real Tox21 molecules: download -> prepare -> train -> aggregate -> figure.
 
-A tiny profile (the first 160 molecules of the real file, 2 seeds, a few epochs) runs through the real
-Snakefile in a scratch working directory. Then: a second run does nothing; changing one seed's settings
-reruns that seed (and its compute-matched control) and nothing else; the user's data file is untouched.
+A tiny profile (the first 160 molecules of the real file, 2 seeds, a two-value factor, a few epochs) runs
+through the real Snakefile in a scratch working directory. Then: a second run does nothing; a forced rerun
+of one finished run trains it again from scratch (executed, not dry-run); a pb-only key reruns pb runs (and
+the control matched to them) but no baseline; one seed's override reruns that seed alone; the user's data is
+untouched; parsing the workflow imports no torch.
 """
 from __future__ import annotations
 
@@ -20,13 +22,16 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 VARIANTS = ["baseline", "pb", "baseline_matched"]
+WIDTHS = [0.5, 1]
+TARGET = "figures/tox21_auc.pdf"
 
 TINY = {
     "download": False,
     "benchmarks": {"tox21": {
-        "seeds": 2, "limit": 160, "variants": VARIANTS,
+        "seeds": 2, "variants": VARIANTS, "factors": {"width": WIDTHS},
+        "data": {"limit": 160},
         "train": {"batch_size": 32},
-        "pb": {"neuron_patience": 1, "dendrite_patience": 1, "max_dendrites": 1, "max_total_epochs": 5},
+        "pb": {"neuron_patience": 1, "dendrite_patience": 1, "max_dendrites": 1, "max_total_epochs": 4},
     }},
 }
 
@@ -34,27 +39,37 @@ TINY = {
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run([*SNAKEMAKE, "-d", str(workdir), "--configfile", str(workdir / "tiny.yaml"), *args],
-                          capture_output=True, text=True, env=env, timeout=900)
+                          capture_output=True, text=True, env=env, timeout=1800)
 
 
-def planned_jobs(workdir: Path) -> dict[str, int]:
-    """{rule: number of jobs} that a dry run plans (Snakemake's "Job stats" table)."""
-    out = snakemake(workdir, "-n", "--quiet", "rules", "--", "figures/tox21_auc.pdf")
-    assert out.returncode == 0, out.stderr
+def planned_jobs(workdir: Path, *args: str) -> tuple[dict[str, int], str]:
+    """({rule: number of jobs}, dry-run text) that a dry run plans (Snakemake's "Job stats" table)."""
+    out = snakemake(workdir, "-n", *args, "--", TARGET)
+    assert out.returncode == 0, out.stderr[-4000:]
     text = out.stdout + out.stderr
     if "Nothing to be done" in text:
-        return {}
+        return {}, text
     jobs = {}
     for line in text[text.index("Job stats:"):].splitlines()[3:]:
         rule, count = line.split()
         if rule == "total":
-            return jobs
+            return jobs, text
         jobs[rule] = int(count)
     raise AssertionError(f"no job table in:\n{text}")
 
 
+def planned_runs(text: str) -> set[str]:
+    """The run folders of the train jobs a dry run lists."""
+    return {line.split("output: ")[1].rsplit("/summary.json", 1)[0].split("results/tox21/")[1]
+            for line in text.splitlines() if "output: results/tox21/" in line and line.endswith("summary.json")}
+
+
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_profile(work: Path, profile: dict) -> None:
+    (work / "tiny.yaml").write_text(yaml.safe_dump(profile))
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +82,12 @@ def pipeline(tmp_path_factory, real_data_dir):
     # input, only the link would go, and the test below would see it.
     (work / "userdata" / "tox21").mkdir(parents=True)
     (work / "userdata" / "tox21" / "tox21.csv.gz").symlink_to(real)
-    (work / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "data_dir": str(work / "userdata")}))
+    profile = {**TINY, "data_dir": str(work / "userdata")}
+    write_profile(work, profile)
     before = sha256(real)
-    run = snakemake(work, "--cores", "2", "--", "figures/tox21_auc.pdf")
+    run = snakemake(work, "--cores", "2", "--", TARGET)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
-    return {"work": work, "real": real, "sha": before, "log": run.stdout + run.stderr}
+    return {"work": work, "real": real, "sha": before, "log": run.stdout + run.stderr, "profile": profile}
 
 
 def test_pipeline_writes_figure_tables_and_run_records(pipeline):
@@ -79,11 +95,16 @@ def test_pipeline_writes_figure_tables_and_run_records(pipeline):
     for name in ("tox21_auc.pdf", "tox21_auc.png"):
         assert (work / "figures" / name).stat().st_size > 5000
     summary = pd.read_csv(work / "results/tox21/summary.csv")
-    assert sorted(zip(summary["variant"], summary["seed"])) == sorted((v, s) for v in VARIANTS for s in (0, 1))
-    assert (summary["params_original"] == 109_304).all()
+    assert sorted(zip(summary["variant"], summary["width"], summary["seed"])) == sorted(
+        (v, w, s) for v in VARIANTS for w in WIDTHS for s in (0, 1))
+    # The factor reaches the model: width 0.5 halves TrimNet's hidden size.
+    params = summary.groupby("width")["params_original"].unique()
+    assert list(params[1]) == [109_304] and params[0.5][0] < 109_304 / 2
     for row in summary.itertuples():
-        run = work / "results/tox21" / row.variant / f"seed{row.seed}"
+        run = work / "results/tox21" / row.variant / f"width{row.width:g}-seed{row.seed}"
         record = json.loads((run / "summary.json").read_text())
+        assert record["factors"] == {"width": row.width} and json.loads((run / "config.json").read_text())[
+            "factors"] == {"width": row.width}
         epochs = pd.read_csv(run / "epochs.csv")
         assert record["epochs"] == len(epochs) == row.epochs
         # SPEC section 2: max = test score at the best validation epoch; original = within the first cycle
@@ -92,14 +113,21 @@ def test_pipeline_writes_figure_tables_and_run_records(pipeline):
         first = epochs[epochs["cycle"] == epochs["cycle"].min()]
         assert row.original_test == pytest.approx(first.loc[first["val"].idxmax(), "test"])
         assert (run / "model.pt").is_file() and (run / "run.log").is_file()
-    # The compute-matched control trained exactly as many epochs as pb did, seed by seed.
-    epochs = summary.set_index(["variant", "seed"])["epochs"]
-    for seed in (0, 1):
-        assert epochs[("baseline_matched", seed)] == epochs[("pb", seed)]
+        assert not (run / "checkpoint.pt").exists()  # a finished run is not a resume point
+        provenance = json.loads((run / "provenance.json").read_text())["sessions"]
+        assert len(provenance) == 1 and provenance[0]["device"]["type"] == "cpu"
+    assert summary["prov_cpu_capability"].notna().all()
+    # The compute-matched control trained exactly as many epochs as pb did, width by width, seed by seed.
+    epochs = summary.set_index(["variant", "width", "seed"])["epochs"]
+    for width in WIDTHS:
+        for seed in (0, 1):
+            assert epochs[("baseline_matched", width, seed)] == epochs[("pb", width, seed)]
     counts = pd.read_csv(work / "results/tox21/dendrite_counts.csv")
-    assert counts.groupby("variant")["runs"].sum().to_dict() == {v: 2 for v in VARIANTS}
+    assert counts.groupby("variant")["runs"].sum().to_dict() == {v: 4 for v in VARIANTS}
     stats = pd.read_csv(work / "results/tox21/stats.csv")
-    assert "pb max - baseline max" in set(stats["comparison"]) and (stats["n"] == 2).all()
+    assert set(stats[stats.comparison == "pb max - baseline max"]["factors"]) == {"width=0.5", "width=1"}
+    assert (stats["n"] == 2).all()
+    assert {"variant", "width", "mean_improvement"} <= set(pd.read_csv(work / "results/tox21/improvement.csv"))
     # Every rule leaves a log and a benchmark record.
     for rule in ("prepare", "train", "aggregate", "figure"):
         assert list((work / "logs" / rule).rglob("*.benchmark.tsv")), rule
@@ -111,20 +139,95 @@ def test_user_data_is_never_touched_and_never_downloaded(pipeline):
     assert link.is_symlink() and sha256(pipeline["real"]) == pipeline["sha"]
     assert not (work / "logs" / "download").exists()
     # Even a forced rerun of everything cannot plan to download (and so delete) the user's copy.
-    out = snakemake(work, "-n", "--forceall", "--", "figures/tox21_auc.pdf")
+    out = snakemake(work, "-n", "--forceall", "--", TARGET)
     assert out.returncode == 0 and "rule download" not in out.stdout + out.stderr
 
 
-def test_second_run_does_nothing_and_one_changed_seed_reruns_alone(pipeline):
+def test_second_run_does_nothing_and_a_forced_rerun_trains_again(pipeline):
     work = pipeline["work"]
-    assert planned_jobs(work) == {}
+    assert planned_jobs(work)[0] == {}
+    run = work / "results/tox21/pb/width1-seed0"
+    before = {name: _records(run / name) for name in ("epochs.csv", "cycles.csv", "correlations.csv")}
+    stamp = (run / "summary.json").stat().st_mtime_ns
+    out = snakemake(work, "--cores", "1", "--forcerun", "train", "--", str(run.relative_to(work) / "summary.json"))
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "Nothing to be done" not in out.stdout + out.stderr
+    assert (run / "summary.json").stat().st_mtime_ns > stamp and (run / "model.pt").is_file()
+    assert not (run / "checkpoint.pt").exists()
+    log = (work / "logs/train/tox21/pb/width1-seed0.log").read_text()
+    assert "resumed" not in log and "nothing to do" not in log
+    # Trained again from scratch, to the same records (the run is deterministic on one machine).
+    for name, records in before.items():
+        pd.testing.assert_frame_equal(_records(run / name), records)
+    assert len(json.loads((run / "provenance.json").read_text())["sessions"]) == 1
+    # The control matched to that run is now older than it, so it (and only it) trains again.
+    jobs, text = planned_jobs(work)
+    assert planned_runs(text) == {"baseline_matched/width1-seed0"}
+    out = snakemake(work, "--cores", "1", "--", TARGET)
+    assert out.returncode == 0, out.stderr[-4000:]
+
+
+def _records(path: Path) -> pd.DataFrame:
+    """A run's records without the wall-clock column (which differs between two trainings)."""
+    return pd.read_csv(path).drop(columns=["seconds"], errors="ignore")
+
+
+def test_pb_only_key_and_one_seed_override_rerun_exactly_their_runs(pipeline):
+    work = pipeline["work"]
     before = {p: p.stat().st_mtime_ns for p in (work / "results").rglob("summary.json")}
-    # Change seed 1's settings only: its pb run and the control that depends on it rerun, nothing else.
-    changed = yaml.safe_load((work / "tiny.yaml").read_text())
-    changed["benchmarks"]["tox21"]["seed_overrides"] = {1: {"pb": {"neuron_patience": 2}}}
-    (work / "tiny.yaml").write_text(yaml.safe_dump(changed))
-    assert planned_jobs(work) == {"train": 3, "aggregate": 1, "figure": 1}  # baseline, pb, matched of seed 1
-    out = snakemake(work, "-n", "--", "figures/tox21_auc.pdf")
-    text = out.stdout + out.stderr
-    assert "seed=1" in text and "seed=0" not in text
+    changed = json.loads(json.dumps(pipeline["profile"]))
+    changed["benchmarks"]["tox21"]["pb"]["candidates"] = 2
+    write_profile(work, changed)
+    try:
+        jobs, text = planned_jobs(work)
+        # pb runs read pb.candidates; baseline_matched trains as long as pb, so it follows; baselines do not.
+        assert planned_runs(text) == {f"{v}/width{w:g}-seed{s}" for v in ("pb", "baseline_matched")
+                                      for w in WIDTHS for s in (0, 1)}
+        assert jobs == {"train": 8, "aggregate": 1, "figure": 1}
+        seed_only = json.loads(json.dumps(pipeline["profile"]))
+        seed_only["benchmarks"]["tox21"]["seed_overrides"] = {1: {"pb": {"neuron_patience": 2}}}
+        write_profile(work, seed_only)
+        jobs, text = planned_jobs(work)
+        # neuron_patience is read by every variant with a neuron phase of its own; only seed 1's runs rerun.
+        assert planned_runs(text) == {f"{v}/width{w:g}-seed1" for v in VARIANTS for w in WIDTHS}
+    finally:
+        write_profile(work, pipeline["profile"])
     assert {p: p.stat().st_mtime_ns for p in (work / "results").rglob("summary.json")} == before
+
+
+def test_parsing_the_workflow_imports_no_ml_stack(pipeline):
+    work = pipeline["work"]
+    code = f"""
+import sys
+from snakemake.cli import main
+sys.argv = ["snakemake", "-s", {str(REPO / 'Snakefile')!r}, "-d", {str(work)!r}, "--configfile",
+            {str(work / 'tiny.yaml')!r}, "-n", "--quiet", "--", {TARGET!r}]
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+print("HEAVY", sorted(m for m in ("torch", "torch_geometric", "rdkit", "qlib", "torchvision") if m in sys.modules))
+sys.exit(code)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "HEAVY []" in out.stdout
+
+
+def test_a_failing_step_shows_its_own_error_once(pipeline, tmp_path):
+    """A failing job prints its own error on the console (not only in its log), and no job receives the
+    configuration on its command line (Snakemake would print it with the failing command)."""
+    work = pipeline["work"]
+    broken = json.loads(json.dumps(pipeline["profile"]))
+    broken.update(data_dir=str(tmp_path / "empty"), cache_dir=str(tmp_path / "cache"),
+                  results_dir=str(tmp_path / "results"), figures_dir=str(tmp_path / "figures"))
+    write_profile(work, broken)
+    try:
+        out = snakemake(work, "--cores", "1", "--", str(tmp_path / "figures/tox21_auc.pdf"))
+    finally:
+        write_profile(work, pipeline["profile"])
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "downloading is switched off" in text and str(tmp_path / "empty" / "tox21" / "tox21.csv.gz") in text
+    assert '"benchmarks"' not in text and "--resolved-config" in text
+    assert not (tmp_path / "results").exists()

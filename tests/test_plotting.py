@@ -93,10 +93,45 @@ def test_candles_one_seed_and_missing_variant(tmp_path):
 
 
 def test_candles_unlisted_variant_is_appended(tmp_path):
-    df = _runs_table({"pb": ([0.8, 0.7], [0.85, 0.8]), "gd_dendrites": ([0.8, 0.7], [0.8, 0.7])})
+    df = _runs_table({"pb": ([0.8, 0.7], [0.85, 0.8]), "gd_dendrites": ([0.8, 0.6], [0.8, 0.7])})
     fig = candlestick_figure(df, tmp_path / "c.pdf", "AUC", variants_order=["pb"])
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert labels == ["pb\n(n=2)", "gd_dendrites\n(n=2)"]
+
+
+def test_shared_first_cycle_is_one_candle_with_seed_points_and_pairs(tmp_path):
+    """Variants of a seed share their first cycle: one grey candle, then a max candle per variant; each
+    seed is a dot, and a line joins one seed's dots across the candles."""
+    orig = [0.70, 0.72, 0.74]
+    df = _runs_table({"baseline": (orig, orig), "pb": (orig, [0.75, 0.71, 0.80]),
+                      "baseline_matched": (orig, [0.76, 0.74, 0.79])})
+    fig = candlestick_figure(df, tmp_path / "s.pdf", "AUC", variants_order=["baseline", "pb", "baseline_matched"],
+                             note="profile: quick; 3 seeds")
+    ax = fig.axes[0]
+    boxes = _artists(fig, "box:")
+    assert set(boxes) == {"box:first_cycle:original", "box:baseline:max", "box:pb:max", "box:baseline_matched:max"}
+    assert _box_y(boxes["box:first_cycle:original"]) == pytest.approx(tuple(np.percentile(orig, [25, 75])))
+    centres = {k: r.get_x() + r.get_width() / 2 for k, r in boxes.items()}
+    assert centres == pytest.approx({"box:first_cycle:original": 0, "box:baseline:max": 1, "box:pb:max": 2,
+                                     "box:baseline_matched:max": 3})
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "first cycle\n(all, n=3)", "baseline\n(n=3)", "pb\n(n=3)", "baseline_matched\n(n=3)"]
+    seeds = _artists(fig, "seeds:")
+    assert sorted(seeds["seeds:pb:max"].get_ydata()) == pytest.approx(sorted([0.75, 0.71, 0.80]))
+    pairs = _artists(fig, "pair:")
+    assert len(pairs) == 3  # one line per seed, through the shared original and the three max candles
+    line = pairs["pair:1"]
+    assert list(line.get_ydata()) == pytest.approx([0.72, 0.72, 0.71, 0.74])
+    notes = [t for t in ax.texts if t.get_gid() == "note"]
+    assert notes and notes[0].get_text() == "profile: quick; 3 seeds"
+
+
+def test_no_seed_points_for_many_seeds(tmp_path):
+    rng = np.random.default_rng(0)
+    orig = list(rng.uniform(0.6, 0.7, 40))
+    df = _runs_table({"baseline": (orig, orig), "pb": (orig, list(np.array(orig) + 0.01))})
+    fig = candlestick_figure(df, tmp_path / "m.pdf", "AUC")
+    assert not _artists(fig, "seeds:") and not _artists(fig, "pair:")
 
 
 def _write_epochs(path):

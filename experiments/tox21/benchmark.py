@@ -1,8 +1,8 @@
-"""Tox21 with TrimNet (SPEC section 3): data source, protocol and training loop for the runner.
+"""TrimNet on a MoleculeNet-style classification CSV (SPEC section 3, Tox21): prepare and build.
 
 Protocol: a seeded random 80/10/10 split per run; Adam (lr 1e-3, weight decay 1e-5) with
 ReduceLROnPlateau on validation AUC (mode max, patience 10, factor 0.7); batch 128; the class-weighted
-masked cross-entropy with weights from the training split; metric = mean ROC-AUC over the 12 tasks,
+masked cross-entropy with weights from the training split; metric = mean ROC-AUC over the tasks,
 missing labels masked. Every epoch scores train, validation and test in eval mode.
 """
 from __future__ import annotations
@@ -13,39 +13,42 @@ import torch
 from torch_geometric.loader import DataLoader
 
 from ..download import ensure_file
-from ..registry import Experiment, RawFile
-from .data import SOURCE_URL, class_weights, featurise, split_indices
+from ..registry import EpochContext, Experiment
+from .data import MoleculeTable, check_cache, class_weights, featurise, split_indices
+from .meta import INFO, raw_files
 from .metric import masked_class_weighted_loss, masked_mean_roc_auc
 from .model import OUTPUT_LAYER_NAME, TrimNet
 
-# MoleculeNet's canonical file; its md5 as recorded by other loaders (checked on download only: local
-# copies may be recompressed, see ../shared/data/README.md).
-RAW = RawFile("tox21/tox21.csv.gz", SOURCE_URL, md5="2882d69e70bba0fec14995f26787cc25")
 EVAL_BATCH = 512
 
 
-class Tox21Benchmark:
-    name = "tox21"
-    metric = "auc"
-    mode = "max"
+def prepare_settings(block: dict) -> dict:
+    """What the cache records (and a run checks): the package and the block keys prepare depends on."""
+    return {"package": INFO.package, **{k: block[k] for k in INFO.prepare_keys}}
 
-    def raw_files(self) -> list[RawFile]:
-        return [RAW]
 
-    def prepare(self, settings: dict, data_dir: Path, cache_dir: Path, download: bool) -> Path:
-        csv_path = ensure_file(data_dir, RAW.name, RAW.url, md5=RAW.md5, download=download)
-        cache = Path(cache_dir) / "tox21" / "prepared.pt"
-        featurise(csv_path, cache)  # computed once; later calls load the cache
+class MoleculeBenchmark:
+    info = INFO
+
+    def prepare(self, block: dict, data_dir: Path, cache_dir: Path, download: bool, benchmark: str = "tox21") -> Path:
+        (raw,) = raw_files(block)
+        csv_path = ensure_file(data_dir, raw.name, raw.url, sha256=raw.sha256, md5=raw.md5, download=download)
+        cache = Path(cache_dir) / INFO.prepared_path(block)
+        data = block["data"]
+        featurise(csv_path, cache, limit=data["limit"], table=MoleculeTable.from_config(data, benchmark),
+                  settings=prepare_settings(block))  # computed once; later calls reuse the cache
         return cache
 
     def build(self, settings: dict, prepared: Path, device: str) -> Experiment:
-        graphs = load_prepared(prepared, settings.get("limit"))
+        graphs = check_cache(prepared, prepare_settings(settings), settings["benchmark"])["graphs"]
         train_idx, train_loader, eval_loaders = split_loaders(graphs, settings)
         weights = class_weights(graphs, train_idx).to(device)
         train_cfg = settings["train"]
-        model = TrimNet(**settings["model"], out_dim=24).to(device)
+        width = settings["factors"].get("width", 1)
+        model_cfg = dict(settings["model"], hidden_dim=max(1, round(settings["model"]["hidden_dim"] * width)))
+        model = TrimNet(**model_cfg, out_dim=2 * len(settings["data"]["tasks"])).to(device)
 
-        def train_epoch(model, optimizer) -> float:
+        def train_epoch(model, optimizer, ctx: EpochContext) -> float:
             total, batches = 0.0, 0
             for batch in train_loader:
                 batch = batch.to(device)
@@ -77,22 +80,18 @@ class Tox21Benchmark:
                                                               weight_decay=train_cfg["weight_decay"]),
             scheduler_factory=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(
                 opt, mode="max", patience=train_cfg["plateau_patience"], factor=train_cfg["plateau_factor"]),
-            head=OUTPUT_LAYER_NAME)
+            head=OUTPUT_LAYER_NAME, extra={"hidden_dim": model_cfg["hidden_dim"]})
 
 
 def split_loaders(graphs: list, settings: dict):
     """The run's seeded train/val/test split of ``graphs`` and its loaders:
     (training indices, shuffled training loader, {"train"|"val"|"test": scoring loader})."""
-    parts = split_indices(len(graphs), settings["seed"], tuple(settings["split"]))
+    train = settings["train"]
+    parts = split_indices(len(graphs), settings["seed"], tuple(train["split"]))
     subsets = {name: [graphs[i] for i in idx] for name, idx in zip(("train", "val", "test"), parts)}
-    train_loader = DataLoader(subsets["train"], batch_size=settings["train"]["batch_size"], shuffle=True)
+    train_loader = DataLoader(subsets["train"], batch_size=train["batch_size"], shuffle=True)
     eval_loaders = {name: DataLoader(data, batch_size=EVAL_BATCH) for name, data in subsets.items()}
     return parts[0], train_loader, eval_loaders
 
 
-def load_prepared(prepared: Path, limit: int | None = None) -> list:
-    graphs = torch.load(prepared, weights_only=False)["graphs"]
-    return graphs[:limit] if limit else graphs
-
-
-BENCHMARK = Tox21Benchmark()
+BENCHMARK = MoleculeBenchmark()

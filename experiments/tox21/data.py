@@ -1,7 +1,9 @@
-"""Tox21 data: read the MoleculeNet CSV, featurise it once (cached), split it, weight its classes.
+"""Molecule data: read a MoleculeNet-style classification CSV, featurise it once (cached), split it, weight
+its classes. Tox21 is the default table (:data:`TOX21`); another data set of the same kind is a
+:class:`MoleculeTable` built from its configuration block (``data:`` in config/benchmarks/<name>.yaml).
 
-* :func:`load_csv` reads ``tox21.csv.gz`` (12 task columns, ``mol_id``, ``smiles``; an empty cell is
-  a missing label) and checks its layout.
+* :func:`load_csv` reads the CSV (task columns, an id column, a SMILES column; an empty cell is a missing
+  label) and checks its layout.
 * :func:`featurise` turns every SMILES into a graph (:mod:`.features`) once and caches the list in a
   torch file, so the 50 seeds of an experiment never featurise again. The cache records the source
   file's sha256, the featuriser version and ``limit``; if any differs, it is recomputed.
@@ -14,6 +16,7 @@ import logging
 import math
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -36,24 +39,46 @@ TASKS = [
 ID_COLUMN, SMILES_COLUMN = "mol_id", "smiles"
 # Where the canonical file comes from (the download rule uses the same URL); quoted in error messages.
 SOURCE_URL = "https://deepchemdata.s3-us-west-1.amazonaws.com/datasets/tox21.csv.gz"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 
-def _fix(path: Path) -> str:
-    return (f"delete {path} and re-run `python -m experiments download tox21`, or download it by hand "
-            f"from {SOURCE_URL} into {path.parent}/")
+@dataclass(frozen=True)
+class MoleculeTable:
+    """The layout of a MoleculeNet-style classification CSV: which columns hold what, and where it comes from.
+
+    ``benchmark`` is the configured benchmark's name (for the commands quoted in error messages).
+    """
+    tasks: tuple[str, ...]
+    smiles_column: str = SMILES_COLUMN
+    id_column: str | None = ID_COLUMN
+    url: str | None = SOURCE_URL
+    benchmark: str = "tox21"
+
+    @classmethod
+    def from_config(cls, data: dict, benchmark: str) -> "MoleculeTable":
+        return cls(tuple(data["tasks"]), data["smiles_column"], data["id_column"], data["url"], benchmark)
 
 
-def load_csv(path: Path) -> pd.DataFrame:
-    """The Tox21 table: the 12 :data:`TASKS` (float, NaN = missing), ``mol_id``, ``smiles``.
+TOX21 = MoleculeTable(tuple(TASKS))
+
+
+def _fix(path: Path, table: MoleculeTable = TOX21) -> str:
+    by_hand = f", or download it by hand from {table.url} into {path.parent}/" if table.url else ""
+    return f"delete {path} and re-run `python -m experiments download {table.benchmark}`{by_hand}"
+
+
+def load_csv(path: Path, table: MoleculeTable = TOX21) -> pd.DataFrame:
+    """The molecule table: the task columns (float, NaN = missing), the id and the SMILES column.
 
     Raises :class:`DataError` naming the file and the fix when it is missing, unreadable (truncated
     or corrupt gzip, not a CSV), empty, lacks a required column, or has labels other than 0/1/empty.
     """
     path = Path(path)
+    tasks = list(table.tasks)
     if not path.is_file():
-        raise DataError(f"{path} does not exist; get it with `python -m experiments download tox21`, or "
-                        f"download it by hand from {SOURCE_URL} into {path.parent}/")
+        by_hand = f", or download it by hand from {table.url} into {path.parent}/" if table.url else ""
+        raise DataError(f"{path} does not exist; get it with `python -m experiments download "
+                        f"{table.benchmark}`{by_hand}")
     try:
         df = pd.read_csv(path, compression="infer")
     except (OSError, EOFError, zlib.error, UnicodeDecodeError, pd.errors.ParserError,
@@ -61,24 +86,27 @@ def load_csv(path: Path) -> pd.DataFrame:
         # gzip.BadGzipFile is an OSError; a truncated gzip stream ends in EOFError.
         raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}; the file is corrupt or "
                         f"truncated: {_fix(path)}") from None
-    missing = [c for c in [*TASKS, ID_COLUMN, SMILES_COLUMN] if c not in df.columns]
+    required = [*tasks, *([table.id_column] if table.id_column else []), table.smiles_column]
+    missing = [c for c in required if c not in df.columns]
     if missing:
-        raise DataError(f"{path} is not MoleculeNet's tox21.csv: columns {missing} are missing "
-                        f"(found {list(df.columns)}); {_fix(path)}")
+        raise DataError(f"{path} does not have the configured layout: columns {missing} are missing "
+                        f"(found {list(df.columns)}); fix the data block of {table.benchmark} in the "
+                        f"configuration, or {_fix(path, table)}")
     if len(df) == 0:
-        raise DataError(f"{path} has a header but no molecules; {_fix(path)}")
-    for task in TASKS:
+        raise DataError(f"{path} has a header but no molecules; {_fix(path, table)}")
+    for task in tasks:
         values = pd.to_numeric(df[task], errors="coerce")
         bad = df[task].notna() & ~values.isin([0, 1])
         if bad.any():
             first = df.loc[bad, task].iloc[0]
             raise DataError(f"{path}: column {task} has {int(bad.sum())} values other than 0, 1 or empty "
-                            f"(e.g. {first!r}); {_fix(path)}")
+                            f"(e.g. {first!r}); {_fix(path, table)}")
         df[task] = values.astype(np.float64)
     return df
 
 
-def featurise(csv_path: Path, cache_path: Path, limit: int | None = None) -> tuple[list, dict]:
+def featurise(csv_path: Path, cache_path: Path, limit: int | None = None, table: MoleculeTable = TOX21,
+              settings: dict | None = None) -> tuple[list, dict]:
     """Graphs of the first ``limit`` (default: all) molecules, featurised once and cached.
 
     Returns ``(graphs, stats)``: ``graphs`` in file order, molecules whose SMILES RDKit cannot
@@ -88,38 +116,44 @@ def featurise(csv_path: Path, cache_path: Path, limit: int | None = None) -> tup
 
     The cache (``cache_path``, a dict saved with :func:`torch.save` whose ``"graphs"`` key holds the
     list) is reused when it was made from a file with the same sha256, by the same featuriser
-    version and with the same ``limit``; otherwise (or when it cannot be read) it is recomputed and
-    replaced atomically (a temporary file in the same folder, then :func:`os.replace`).
+    version, with the same ``limit`` and table layout; otherwise (or when it cannot be read) it is
+    recomputed and replaced atomically (a temporary file in the same folder, then :func:`os.replace`).
+    ``settings`` (the prepare step's configuration) is recorded in the cache for :func:`check_cache`.
     """
     csv_path, cache_path = Path(csv_path), Path(cache_path)
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be a positive number of molecules or None, got {limit}")
     if not csv_path.is_file():
-        load_csv(csv_path)  # raises the DataError with the fix
+        load_csv(csv_path, table)  # raises the DataError with the fix
     source_sha = file_digest(csv_path, "sha256")
-    cached = _load_cache(cache_path, source_sha, limit)
+    cached = _load_cache(cache_path, source_sha, limit, table)
+    if cached is not None and cached.get("settings") != settings:
+        cached = dict(cached, settings=settings)  # same graphs, recorded under the current settings
+        atomic_torch_save(cached, cache_path)
     if cached is not None:
         stats = dict(cached["stats"], from_cache=True)
         log.info("tox21: loaded %d graphs from %s (%d SMILES skipped when it was made)",
                  len(cached["graphs"]), cache_path, stats["skipped"])
         return cached["graphs"], stats
 
-    df = load_csv(csv_path)
+    df = load_csv(csv_path, table)
     if limit is not None:
         df = df.iloc[:limit]
     start = time.perf_counter()
-    labels = df[TASKS].to_numpy(dtype=np.float64)
+    labels = df[list(table.tasks)].to_numpy(dtype=np.float64)
+    ids = df[table.id_column] if table.id_column else pd.Series([None] * len(df))
     graphs, skipped = [], []
-    for row, (mol_id, smiles) in enumerate(zip(df[ID_COLUMN], df[SMILES_COLUMN])):
+    for row, (mol_id, smiles) in enumerate(zip(ids, df[table.smiles_column])):
         mol_id = None if pd.isna(mol_id) else str(mol_id)
-        data = features.smiles_to_data(smiles, labels[row], mol_id=mol_id, num_tasks=len(TASKS))
+        data = features.smiles_to_data(smiles, labels[row], mol_id=mol_id, num_tasks=len(table.tasks))
         if data is None:
             skipped.append((row, mol_id, smiles))
         else:
             graphs.append(data)
     seconds = time.perf_counter() - start
     if not graphs:
-        raise DataError(f"none of the {len(df)} SMILES in {csv_path} could be parsed by RDKit; {_fix(csv_path)}")
+        raise DataError(f"none of the {len(df)} SMILES in {csv_path} could be parsed by RDKit; "
+                        f"{_fix(csv_path, table)}")
     stats = {
         "rows": len(df), "graphs": len(graphs), "skipped": len(skipped), "skipped_molecules": skipped,
         "no_bonds": sum(int(g.edge_index.shape[1] == 0) for g in graphs), "seconds": seconds,
@@ -129,14 +163,42 @@ def featurise(csv_path: Path, cache_path: Path, limit: int | None = None) -> tup
     if skipped:
         # Long SMILES are cut: one of Tox21's unparseable ones is 400 characters of aluminium salts.
         shown = ", ".join(f"row {r} ({m}): {_short(s)!r}" for r, m, s in skipped[:10])
-        log.warning("tox21: skipped %d of %d SMILES that RDKit cannot parse: %s%s", len(skipped), len(df),
-                    shown, " ..." if len(skipped) > 10 else "")
-    log.info("tox21: featurised %d molecules in %.1f s (%d without bonds); cache: %s",
-             len(graphs), seconds, stats["no_bonds"], cache_path)
+        log.warning("%s: skipped %d of %d SMILES that RDKit cannot parse: %s%s", table.benchmark, len(skipped),
+                    len(df), shown, " ..." if len(skipped) > 10 else "")
+    log.info("%s: featurised %d molecules in %.1f s (%d without bonds); cache: %s",
+             table.benchmark, len(graphs), seconds, stats["no_bonds"], cache_path)
     atomic_torch_save({"format": CACHE_FORMAT, "featuriser_version": features.FEATURISER_VERSION,
-                  "source_sha256": source_sha, "source": str(csv_path), "limit": limit,
-                  "tasks": list(TASKS), "stats": stats, "graphs": graphs}, cache_path)
+                       "source_sha256": source_sha, "source": str(csv_path), "limit": limit,
+                       "layout": _layout(table), "tasks": list(table.tasks), "settings": settings,
+                       "stats": stats, "graphs": graphs}, cache_path)
     return graphs, stats
+
+
+def _layout(table: MoleculeTable) -> dict:
+    return {"tasks": list(table.tasks), "smiles_column": table.smiles_column, "id_column": table.id_column}
+
+
+def check_cache(cache_path: Path, expected: dict, benchmark: str) -> dict:
+    """The prepared cache, if this featuriser made it from exactly the prepare settings ``expected``; else a
+    :class:`StaleCacheError` naming the prepare command. Never rewrites anything (training jobs call it)."""
+    from ..registry import stale_cache_error
+
+    cache_path = Path(cache_path)
+    if not cache_path.is_file():
+        raise stale_cache_error(cache_path, benchmark, "the prepared data does not exist")
+    try:
+        cached = torch.load(cache_path, weights_only=False)
+    except Exception as exc:  # a truncated or foreign file
+        raise stale_cache_error(cache_path, benchmark, f"cannot read it ({type(exc).__name__}: {exc})") from None
+    if not isinstance(cached, dict) or cached.get("format") != CACHE_FORMAT:
+        raise stale_cache_error(cache_path, benchmark, "it was written by another version of the suite")
+    if cached.get("featuriser_version") != features.FEATURISER_VERSION:
+        raise stale_cache_error(cache_path, benchmark, f"it was made by featuriser version "
+                                f"{cached.get('featuriser_version')}, this code is {features.FEATURISER_VERSION}")
+    if cached.get("settings") != expected:
+        raise stale_cache_error(cache_path, benchmark, f"it was made from other data settings "
+                                f"({cached.get('settings')} != {expected})")
+    return cached
 
 
 def _short(smiles, width: int = 60) -> str:
@@ -144,7 +206,7 @@ def _short(smiles, width: int = 60) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
-def _load_cache(cache_path: Path, source_sha: str, limit: int | None) -> dict | None:
+def _load_cache(cache_path: Path, source_sha: str, limit: int | None, table: MoleculeTable) -> dict | None:
     if not cache_path.is_file():
         return None
     try:
@@ -166,6 +228,8 @@ def _load_cache(cache_path: Path, source_sha: str, limit: int | None) -> dict | 
         why.append("source file changed (sha256 differs)")
     if cached.get("limit") != limit:
         why.append(f"limit {cached.get('limit')} != {limit}")
+    if cached.get("layout") != _layout(table):
+        why.append("table layout (tasks or columns) changed")
     if why:
         log.info("tox21: cache %s is stale (%s); featurising again", cache_path, "; ".join(why))
         return None
