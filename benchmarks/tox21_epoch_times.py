@@ -33,7 +33,8 @@ from experiments.tox21.benchmark import BENCHMARK, prepare_settings, split_loade
 from experiments.tox21.data import check_cache  # noqa: E402
 
 
-def build(settings: dict, prepared: Path, device: str, dendrites: int, phase: str):
+def build(settings: dict, prepared: Path, device: str, dendrites: int, phase: str, candidates: int = 1,
+          snapshot: str = "epoch_end"):
     exp = BENCHMARK.build(settings, prepared, device)
     variant = "baseline" if phase == "baseline" else "pb"
     ctl = pb_core.CycleController(exp.model, variant, optimizer_factory=exp.optimizer_factory, head=exp.head)
@@ -44,7 +45,7 @@ def build(settings: dict, prepared: Path, device: str, dendrites: int, phase: st
     if phase == "dendrite":
         ctl.state.phase = "dendrite"
         for layer in ctl.layers.values():
-            layer.add_candidates(1)
+            layer.add_candidates(candidates, snapshot=snapshot)
     ctl._configure_phase()  # trainable flags, perforation, a fresh optimizer: as in a real run
     return exp, ctl
 
@@ -102,6 +103,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-k", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="first N molecules only (a quick check)")
+    parser.add_argument("--candidates", type=int, default=1, help="candidates per neuron in dendrite phases")
+    parser.add_argument("--snapshot", default="epoch_end", choices=["epoch_end", "measured"],
+                        help="measured: pb_core's default (a frozen probe of the candidates is evaluated too)")
     parser.add_argument("--count-ops", action="store_true",
                         help="also profile one training pass per configuration and print ATen ops per batch")
     args = parser.parse_args(argv)
@@ -120,7 +124,7 @@ def main(argv=None) -> int:
         built = {}
         for name, k, phase in configs:
             torch.manual_seed(0)
-            built[name] = (*build(settings, prepared, args.device, k, phase), phase)
+            built[name] = (*build(settings, prepared, args.device, k, phase, args.candidates, args.snapshot), phase)
         times: dict[str, list[float]] = {name: [] for name, _, _ in configs}
         graphs = check_cache(prepared, prepare_settings(settings), "tox21")["graphs"]
         _, train_loader, eval_loaders = split_loaders(graphs, settings)

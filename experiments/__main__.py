@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a factor value of the run, e.g. --factor width=0.125 (one per configured factor)")
     run.add_argument("--point", help="the run's folder name instead of --seed/--factor, e.g. width0.125-seed3")
     run.add_argument("--threads", type=int, help="CPU threads for torch (default: torch_threads of the config)")
+    run.add_argument("--attempt", type=int, default=1,
+                     help="Snakemake's attempt number: a retry (> 1) keeps a run that finished in a job counted as failed")
     _common(sub.add_parser("grid", help="list every run of the benchmark's grid, with its folder"))
     download = sub.add_parser("download", help="download and verify the raw data")
     _common(download)
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             run = _run(cfg, args)
             from .runner import train
-            train(cfg, run, threads=args.threads)
+            train(cfg, run, threads=args.threads, attempt=args.attempt)
         elif args.command == "grid":
             from .grid import grid, run_dir
             for run in grid(cfg, args.benchmark):

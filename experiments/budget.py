@@ -46,8 +46,7 @@ def _measured(folder: Path) -> dict | None:
     if not (folder / "summary.json").is_file() or not path.is_file():
         return None
     ep = pd.read_csv(path)
-    out = {f"s_per_{phase}_epoch": float(ep.loc[ep["phase"] == phase, "seconds"].median())
-           if (ep["phase"] == phase).any() else float("nan") for phase in ("neuron", "dendrite")}
+    out = {f"s_per_{phase}_epoch": _median(ep.loc[ep["phase"] == phase, "seconds"]) for phase in ("neuron", "dendrite")}
     prov = folder / "provenance.json"
     out["device"] = ""
     if prov.is_file():
@@ -58,6 +57,11 @@ def _measured(folder: Path) -> dict | None:
         out["device"] = device.get("gpu") or f"{device.get('type', '?')}: {session.get('cpu', {}).get('model', '?')}, " \
                                               f"{session.get('threads', {}).get('torch', '?')} thread(s)"
     return out
+
+
+def _median(values: pd.Series) -> float:
+    values = values.dropna()
+    return float(values.median()) if len(values) else float("nan")
 
 
 def _factor_text(factors) -> str:
@@ -97,10 +101,11 @@ def compute_budget(cfg: dict) -> pd.DataFrame:
                    "runs": len(runs), "neuron_epochs": n_ep, "dendrite_epochs": d_ep, "note": note}
             if found:
                 frame = pd.DataFrame(found)
-                s_n, s_d = frame["s_per_neuron_epoch"].median(), frame["s_per_dendrite_epoch"].median()
+                s_n, s_d = (_median(frame[f"s_per_{phase}_epoch"]) for phase in ("neuron", "dendrite"))
+                measured_d = s_d
                 s_d = 0.0 if d_ep == 0 else s_d
                 hours = len(runs) * (n_ep * s_n + d_ep * (s_d if pd.notna(s_d) else s_n)) / 3600
-                if d_ep and pd.isna(frame["s_per_dendrite_epoch"].median()):
+                if d_ep and pd.isna(measured_d):
                     row["note"] = (note + "; " if note else "") + "no dendrite epoch measured: neuron seconds used"
                 row.update(s_per_neuron_epoch=s_n, s_per_dendrite_epoch=s_d, hours=hours,
                            device=frame["device"].iloc[0], measured_runs=len(found))

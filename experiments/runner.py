@@ -30,7 +30,7 @@ from .registry import EpochContext, get_benchmark, get_info
 log = logging.getLogger("experiments")
 
 RUN_FILES = ("epochs.csv", "cycles.csv", "correlations.csv", "summary.json", "model.pt", "checkpoint.pt",
-             "provenance.json", "run.log")
+             "provenance.json", "run.log", "finished.json")
 # pb keys passed to pb_core as they are (when the run's variant reads them: see config.pb_keys_used).
 CANDIDATE_KEYS = ("candidate_init", "candidate_init_std", "candidate_objective", "candidate_optimizer",
                   "candidate_snapshot", "candidate_selection", "dendrite_noise_alpha", "stop_on_no_improvement")
@@ -210,8 +210,27 @@ def _never_left_chance(rows: list[dict], chance: float) -> bool:
     return bool(vals) and all(abs(v - chance) <= CHANCE_TOLERANCE for v in vals)
 
 
-def train(cfg: dict, run: Run, threads: int | None = None) -> dict:
-    """Train ``run`` (or resume it, or do nothing when it is finished with the same settings); its summary."""
+def _restore_finished(out: Path, settings: dict) -> dict | None:
+    """On a retry (attempt > 1): the summary of a run that finished although its job was counted as failed.
+
+    A cluster may kill a job in the seconds after its run finished (SLURM checks limits every 30 s); Snakemake
+    then deletes summary.json and retries the job. The run's own copy, finished.json, brings it back instead
+    of training it again. (A forced rerun is a first attempt: it always trains from scratch.)"""
+    copy = out / "finished.json"
+    if not ((out / "config.json").is_file() and copy.is_file() and (out / "model.pt").is_file()):
+        return None
+    if read_json(out / "config.json") != settings:
+        return None
+    from pb_core.records import write_json
+
+    summary = read_json(copy)
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def train(cfg: dict, run: Run, threads: int | None = None, attempt: int = 1) -> dict:
+    """Train ``run`` (or resume it, or do nothing when it is finished with the same settings); its summary.
+    ``attempt`` > 1 is a retry of a failed job (see :func:`_restore_finished`)."""
     results_dir = Path(cfg["results_dir"])
     settings = cfgmod.run_settings(cfg, run)
     info = get_info(cfg, run.benchmark)
@@ -222,6 +241,12 @@ def train(cfg: dict, run: Run, threads: int | None = None) -> dict:
         (out / "checkpoint.pt").unlink(missing_ok=True)
         log.info("%s is finished with these settings; nothing to do", out)
         return read_json(out / "summary.json")
+    if attempt > 1:
+        restored = _restore_finished(out, settings)
+        if restored is not None:
+            log.info("%s finished in an earlier attempt whose job was counted as failed; its summary is restored",
+                     out)
+            return restored
 
     import torch
 
@@ -276,6 +301,7 @@ def train(cfg: dict, run: Run, threads: int | None = None) -> dict:
         if summary["chance_level"]:
             log.warning("%s: its validation %s never left chance level %g (+-%g): the run learned nothing; "
                         "check the learning rate and the data", run.label, info.metric, info.chance, CHANCE_TOLERANCE)
+        write_json(out / "finished.json", summary)  # survives Snakemake deleting summary.json of a failed job
         write_json(out / "summary.json", summary)
         (out / "checkpoint.pt").unlink(missing_ok=True)
         log.info("%s finished: original test %.4f, max test %.4f with %d dendrites (%s)", run.label,

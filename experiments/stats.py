@@ -101,6 +101,12 @@ def paired_scores(t: pd.Series, c: pd.Series, treatment: str = "treatment", cont
         print(f"warning: {message}; dropping them", flush=True)
         notes.append(f"dropped unpaired seeds {only_t + only_c}")
     seeds = sorted(set(t.index) & set(c.index))
+    # A score can be undefined for one run (e.g. the gain above chance of a run that started at chance):
+    # that pair is dropped, said in the note, and the others are compared.
+    undefined = [s for s in seeds if not (np.isfinite(float(t.loc[s])) and np.isfinite(float(c.loc[s])))]
+    if undefined:
+        notes.append(f"dropped seeds {undefined}: a score is undefined (NaN)")
+        seeds = [s for s in seeds if s not in undefined]
     if not seeds:
         raise ValueError(f"no seed has runs of both {treatment} and {control}")
     tv, cv = t.loc[seeds].to_numpy(dtype=float), c.loc[seeds].to_numpy(dtype=float)

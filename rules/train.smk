@@ -33,6 +33,7 @@ rule train:
         runtime=train_resources("runtime_min"),
         gpu=1 if config["device"] == "cuda" else 0,  # Snakemake's SLURM executor turns gpu=1 into --gpus=1
         gpu_slots=1,  # --resources gpu_slots=N packs at most N runs onto one machine's GPU
+        attempt=lambda wildcards, attempt: attempt,  # a retry keeps a run finished in a job counted as failed
     shell:
         "{EXPERIMENTS} run {wildcards.benchmark} --variant {wildcards.variant} --point {wildcards.point} "
-        "--threads {threads} {RESOLVED} " + on_error("{log:q}")
+        "--threads {threads} --attempt {resources.attempt} {RESOLVED} " + on_error("{log:q}")

@@ -345,3 +345,12 @@ def test_stats_has_a_header_even_without_pairs(runs, tmp_path):
     assert stats.strip() == ",".join(STATS_COLUMNS)
     improvement = pd.read_csv(tmp_path / "results" / "tox21" / "improvement.csv")
     assert improvement.variant.tolist() == ["baseline"] and improvement.n.tolist() == [4]
+
+
+def test_an_undefined_score_drops_its_pair_with_a_note():
+    from experiments.stats import Side, comparison_table
+
+    df = pd.DataFrame({"variant": ["pb"] * 3 + ["baseline"] * 3, "seed": [0, 1, 2] * 2,
+                       "improvement": [0.2, np.nan, 0.4, 0.0, 0.0, 0.0]})
+    row = comparison_table([(Side("pb", (), "improvement"), Side("baseline", (), "improvement"))], df).iloc[0]
+    assert row.n == 2 and row.mean_diff == pytest.approx(0.3) and "dropped seeds [1]" in row.note

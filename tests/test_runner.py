@@ -299,3 +299,19 @@ def test_a_run_picks_its_gpu_from_the_environment_never_assuming_gpu_0(monkeypat
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match="no CUDA device"):
         runner.resolve_device("cuda")
+
+
+def test_a_retry_keeps_a_run_that_finished_in_a_job_counted_as_failed(cfg, monkeypatch):
+    """SLURM may kill a job seconds after its run finished; Snakemake deletes summary.json and retries.
+    The retry restores the finished run; a first attempt (a forced rerun) trains again from scratch."""
+    run = make_run(cfg, "tox21", "pb", 5)
+    folder = run_dir(cfg["results_dir"], run)
+    use(monkeypatch, StandIn())
+    first = runner.train(cfg, run)
+    (folder / "summary.json").unlink()  # what Snakemake does to the outputs of a failed job
+    standin = use(monkeypatch, StandIn())
+    assert runner.train(cfg, run, attempt=2) == first and standin.phases == []
+    (folder / "summary.json").unlink()
+    standin = use(monkeypatch, StandIn())
+    runner.train(cfg, run, attempt=1)
+    assert len(standin.phases) == first["epochs"]
