@@ -81,18 +81,7 @@ def build(cfg: dict, cache: dict, device: str, variant: str, k: int, phase: str,
     extra = {key: pb[key] for key in CANDIDATE_KEYS if key in pb}
     ctl = pb_core.CycleController(exp.model, variant, optimizer_factory=exp.optimizer_factory, head=exp.head,
                                   candidates=candidates or pb.get("candidates"), **extra)
-    for _ in range(k):
-        for layer in ctl.layers.values():
-            layer.add_candidates(1)
-            layer.commit_candidates()
-    with torch.no_grad():  # non-zero u, so no dendrite term is trivially zero
-        for layer in ctl.layers.values():
-            layer.dendrite_out.uniform_(0.05, 0.2)
-    if phase == "dendrite":
-        ctl.state.phase = "dendrite"
-        for layer in ctl.layers.values():
-            layer.add_candidates(ctl.candidates)
-    ctl._configure_phase()  # the controller's own flags, perforation and optimizer, as in a run
+    ctl.stage(k, phase)  # K dendrites, the phase's candidates, flags, perforation and optimizer, as in a run
     return exp, ctl
 
 

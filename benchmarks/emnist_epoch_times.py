@@ -91,22 +91,9 @@ def build(cfg: dict, cache: Path, device: str, variant: str, k: int, phase: str)
                                   scheduler_factory=exp.scheduler_factory, head=exp.head,
                                   candidates=pb.get("candidates"), activation=pb.get("activation", "sigmoid"),
                                   **{key: pb[key] for key in CANDIDATE_KEYS if key in pb})
-    learning = ctl.variant.learning
-    for _ in range(k):
-        for layer in ctl.layers.values():
-            if learning == "joint":
-                layer.add_random_dendrite()
-            else:
-                layer.add_candidates(1, learning)
-                layer.commit_candidates()
-    with torch.no_grad():  # non-zero u, so no dendrite term is trivially zero
-        for layer in ctl.layers.values():
-            layer.dendrite_out.uniform_(0.05, 0.2)
-    if phase == "dendrite":  # the configured number of candidates per neuron (pb.candidates; gd_dendrites: 1)
-        ctl.state.phase = "dendrite"
-        for layer in ctl.layers.values():
-            layer.add_candidates(ctl.candidates, learning)
-    ctl._configure_phase()  # the controller's own flags, perforation and optimizer, as in a run
+    # K dendrites with non-zero u; in a dendrite phase the configured candidates per neuron (pb.candidates;
+    # gd_dendrites: 1); the controller's own flags, perforation and optimizer, as in a run
+    ctl.stage(k, phase)
     return exp, ctl
 
 

@@ -130,19 +130,9 @@ def build(kind: str, k: int, candidates: int, device: str, seed: int = 0, snapsh
         return model, adadelta(model.parameters())
     if kind.startswith("pai"):
         return build_perforatedai(k, device, seed)
-    ctl = pb_core.CycleController(model, "pb", optimizer_factory=adadelta)
-    for _ in range(k):
-        for layer in ctl.layers.values():
-            layer.add_candidates(1)
-            layer.commit_candidates()
-    with torch.no_grad():  # non-zero u, so no dendrite term is trivially zero
-        for layer in ctl.layers.values():
-            layer.dendrite_out.uniform_(0.05, 0.2)
-    if kind == "dendrite":
-        for layer in ctl.layers.values():
-            layer.add_candidates(candidates, snapshot=snapshot)
-    ctl.state.phase = "dendrite" if kind == "dendrite" else "neuron"
-    ctl._configure_phase()  # the controller's own flags: perforation, frozen V/c, trainable u or candidates
+    ctl = pb_core.CycleController(model, "pb", optimizer_factory=adadelta, candidates=max(candidates, 1))
+    # K dendrites with non-zero u; the controller's own flags: perforation, frozen V/c, trainable u or candidates
+    ctl.stage(k, "dendrite" if kind == "dendrite" else "neuron", snapshot=snapshot)
     layers = list(ctl.layers.values())
     assert all(layer.perforated and layer.num_dendrites == k for layer in layers)
     assert all(not p.requires_grad for layer in layers for p in layer.dendrite_weights.values())

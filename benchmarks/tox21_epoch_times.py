@@ -37,16 +37,10 @@ def build(settings: dict, prepared: Path, device: str, dendrites: int, phase: st
           snapshot: str = "epoch_end"):
     exp = BENCHMARK.build(settings, prepared, device)
     variant = "baseline" if phase == "baseline" else "pb"
-    ctl = pb_core.CycleController(exp.model, variant, optimizer_factory=exp.optimizer_factory, head=exp.head)
-    for _ in range(dendrites):
-        for layer in ctl.layers.values():
-            layer.add_candidates(1)
-            layer.commit_candidates()
-    if phase == "dendrite":
-        ctl.state.phase = "dendrite"
-        for layer in ctl.layers.values():
-            layer.add_candidates(candidates, snapshot=snapshot)
-    ctl._configure_phase()  # trainable flags, perforation, a fresh optimizer: as in a real run
+    ctl = pb_core.CycleController(exp.model, variant, optimizer_factory=exp.optimizer_factory, head=exp.head,
+                                  candidates=candidates)
+    # K dendrites (u = 0, as committed), the phase's candidates, trainable flags, perforation, a fresh optimizer
+    ctl.stage(dendrites, "dendrite" if phase == "dendrite" else "neuron", output_weights=None, snapshot=snapshot)
     return exp, ctl
 
 

@@ -344,6 +344,40 @@ class CycleController:
                 "epochs": st.epoch, "cycles": len(st.cycle_rows),
                 "seconds": float(sum(r["seconds"] for r in st.rows)), "stopped_because": st.stopped_because}
 
+    def stage(self, dendrites: int, phase: str = "neuron", *, output_weights: tuple[float, float] | None = (0.05, 0.2),
+              snapshot: str | None = None) -> None:
+        """Put the network into the shape it has in a later cycle of a run, without training to it.
+
+        For timing and profiling tools: what an epoch costs depends on the shapes, not on the weights.
+        ``dendrites`` dendrites are committed on every wrapped layer (random ones for joint learning, as
+        ``gd_joint`` adds them), their output weights u drawn uniformly from ``output_weights`` so that no
+        dendrite term is trivially zero (``None`` keeps u = 0: the function is unchanged), then ``phase``
+        is set up as a run sets it up: in a dendrite phase the configured candidates per neuron
+        (``snapshot`` overrides ``candidate_snapshot``), then trainable flags, perforation and a fresh
+        optimizer.
+        """
+        if phase not in ("neuron", "dendrite"):
+            raise ValueError(f"phase must be 'neuron' or 'dendrite', not {phase!r}")
+        learning = self._learning()
+        if phase == "dendrite" and learning not in ("covariance", "gradient"):
+            raise ValueError(f"variant {self.variant.name!r} has no dendrite phase")
+        for _ in range(dendrites):
+            for layer in self.layers.values():
+                if learning == "joint":
+                    layer.add_random_dendrite()
+                else:
+                    layer.add_candidates(1, learning)
+                    layer.commit_candidates()
+        if dendrites and output_weights is not None:
+            with torch.no_grad():
+                for layer in self.layers.values():
+                    layer.dendrite_out.uniform_(*output_weights)
+        self.state.phase = phase
+        if phase == "dendrite":
+            for layer in self.layers.values():
+                layer.add_candidates(self.candidates, learning, snapshot=snapshot)
+        self._configure_phase()
+
     # ------------------------------------------------------------------ phases
     def _learning(self) -> str | None:
         return self.variant.learning

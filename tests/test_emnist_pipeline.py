@@ -10,15 +10,11 @@ summary's ``improvement`` column, which is the test error reduction original -> 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from experiments import config as cfgmod
 from experiments.emnist import figures
@@ -26,7 +22,8 @@ from experiments.emnist.meta import PARTIAL_NPZ
 from experiments.outputs import OutputContext
 from experiments.registry import get_info
 
-REPO = Path(__file__).resolve().parents[1]
+from workflow import link_user_data, run_tiny_profile
+
 VARIANTS = ["baseline", "pb", "baseline_matched"]
 TREATMENTS, CONTROLS = ["pb"], ["baseline", "baseline_matched"]
 SEEDS = (0, 1)
@@ -51,19 +48,9 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, real_data_dir):
-    real = real_data_dir / PARTIAL_NPZ
-    if not real.is_file():
-        pytest.skip(f"{real} not found")
     work = tmp_path_factory.mktemp("emnist_pipeline")
-    link = work / "userdata" / PARTIAL_NPZ
-    link.parent.mkdir(parents=True)
-    link.symlink_to(real)
-    (work / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "data_dir": str(work / "userdata")}))
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
-                          "--configfile", str(work / "tiny.yaml"), "--cores", "2", "--", *TARGETS],
-                         capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
-                         timeout=900)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    user = link_user_data(work, real_data_dir, [PARTIAL_NPZ])
+    run_tiny_profile(work, {**TINY, "data_dir": str(user)}, TARGETS)
     return work
 
 

@@ -713,3 +713,35 @@ def test_resume_with_other_settings_raises(tmp_path):
     # resume=False starts afresh in the same folder
     ctl.max_total_epochs = 1
     assert ctl.fit(train_epoch, evaluate, resume=False)["epochs"] == 1
+
+
+# ---------------------------------------------------------------------------------------------- stage()
+@pytest.mark.parametrize("variant", ["pb", "gd_joint"])
+def test_stage_gives_the_shapes_and_flags_of_a_later_cycle(variant):
+    torch.manual_seed(0)
+    model = Tiny()
+    ctl = CycleController(model, variant, optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.1), candidates=3)
+    x = torch.randn(5, 2)
+    before = model(x).detach()
+    ctl.stage(2, "neuron", output_weights=None)
+    # u = 0: two dendrites on every wrapped layer and the network's function unchanged
+    assert all(layer.num_dendrites == 2 and layer.num_candidates == 0 for layer in ctl.layers.values())
+    torch.testing.assert_close(model(x), before)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("main" in n for n in trainable)  # neuron phase: the network trains
+
+    if variant == "gd_joint":  # dendrites train with the network: there is no dendrite phase to stage
+        with pytest.raises(ValueError, match="no dendrite phase"):
+            ctl.stage(0, "dendrite")
+        return
+    staged = CycleController(Tiny(), variant, optimizer_factory=lambda p: torch.optim.SGD(p, lr=0.1), candidates=3)
+    staged.stage(1, "dendrite")
+    for layer in staged.layers.values():
+        assert layer.num_dendrites == 1 and layer.num_candidates == 3
+        assert bool((layer.dendrite_out != 0).all())  # non-zero u: no dendrite term is trivially zero
+    trainable = [p for p in staged.model.parameters() if p.requires_grad]
+    candidates = [p for layer in staged.layers.values() for p in layer.candidate_parameters()]
+    assert {id(p) for p in trainable} == {id(p) for p in candidates}  # dendrite phase: only candidates train
+    assert {id(p) for g in staged.optimizer.param_groups for p in g["params"]} == {id(p) for p in candidates}
+    with pytest.raises(ValueError, match="phase"):
+        staged.stage(0, "baseline")

@@ -16,18 +16,14 @@ its own rule, with a row for every neuron and dendrite cycle of each width's sch
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+from workflow import link_user_data, run_tiny_profile
+
 LIMIT = 80
 TARGETS = ["figures/physionet_params_auc.pdf", "figures/physionet_auc_by_arch.pdf", "results/physionet/table2.csv"]
 TINY = {
@@ -53,19 +49,9 @@ SCHEDULE = [(0.125, "neuron", 0), (0.125, "dendrite", 0), (0.125, "neuron", 1), 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, real_data_dir):
-    folder = real_data_dir / "physionet2012"
-    names = ("set-a.tar.gz", "Outcomes-a.txt")
-    if not all((folder / n).is_file() for n in names):
-        pytest.skip(f"{folder} lacks {names}")
     work = tmp_path_factory.mktemp("physionet_pipeline")
-    (work / "userdata" / "physionet2012").mkdir(parents=True)
-    for name in names:
-        (work / "userdata" / "physionet2012" / name).symlink_to(folder / name)
-    (work / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "data_dir": str(work / "userdata")}))
-    run = subprocess.run([*SNAKEMAKE, "-d", str(work), "--configfile", str(work / "tiny.yaml"), "--cores", "2",
-                          "--", *TARGETS], capture_output=True, text=True, timeout=900, check=False,
-                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
+    user = link_user_data(work, real_data_dir, ["physionet2012/set-a.tar.gz", "physionet2012/Outcomes-a.txt"])
+    run_tiny_profile(work, {**TINY, "data_dir": str(user)}, TARGETS)
     return work
 
 

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+from workflow import REPO, link_user_data, snakemake, write_profile
+
 VARIANTS = ["baseline", "pb", "baseline_matched"]
 WIDTHS = [0.5, 1]
 TARGET = "figures/tox21_auc.pdf"
@@ -34,12 +32,6 @@ TINY = {
         "pb": {"neuron_patience": 1, "dendrite_patience": 1, "max_dendrites": 1, "max_total_epochs": 4},
     }},
 }
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([*SNAKEMAKE, "-d", str(workdir), "--configfile", str(workdir / "tiny.yaml"), *args],
-                          capture_output=True, text=True, env=env, timeout=1800)
 
 
 def planned_jobs(workdir: Path, *args: str) -> tuple[dict[str, int], str]:
@@ -68,21 +60,11 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_profile(work: Path, profile: dict) -> None:
-    (work / "tiny.yaml").write_text(yaml.safe_dump(profile))
-
-
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, real_data_dir):
     real = real_data_dir / "tox21" / "tox21.csv.gz"
-    if not real.is_file():
-        pytest.skip(f"{real} not found")
     work = tmp_path_factory.mktemp("pipeline")
-    # The user's data folder is a link to the real file: if the pipeline ever deleted or rewrote its
-    # input, only the link would go, and the test below would see it.
-    (work / "userdata" / "tox21").mkdir(parents=True)
-    (work / "userdata" / "tox21" / "tox21.csv.gz").symlink_to(real)
-    profile = {**TINY, "data_dir": str(work / "userdata")}
+    profile = {**TINY, "data_dir": str(link_user_data(work, real_data_dir, ["tox21/tox21.csv.gz"]))}
     write_profile(work, profile)
     before = sha256(real)
     run = snakemake(work, "--cores", "2", "--", TARGET)

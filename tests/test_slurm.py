@@ -27,9 +27,9 @@ import pandas as pd
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from workflow import REPO, SNAKEMAKE, link_user_data
+
 SCRIPTS = REPO / "tests" / "slurm"
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 CLUSTER = {"account": "pbtest", "partition": "pbtest"}  # what start_cluster.sh creates
 FIGURE = "figures/tox21_auc.pdf"
 LONG_RUN = "results/tox21/pb/seed1"  # the run that outlives its walltime
@@ -158,13 +158,8 @@ def cluster(request, tmp_path_factory):
 def slurm_runs(cluster, tmp_path_factory, real_data_dir):
     """The tiny workflow to its figure on SLURM; then the long run with a 1-minute walltime on SLURM, while the
     same run trains without interruption on the local executor beside it (the reference)."""
-    real = real_data_dir / "tox21" / "tox21.csv.gz"
-    if not real.is_file():
-        pytest.skip(f"{real} not found")
     work = tmp_path_factory.mktemp("slurm_work")
-    (work / "userdata" / "tox21").mkdir(parents=True)
-    (work / "userdata" / "tox21" / "tox21.csv.gz").symlink_to(real)
-    tiny = {**TINY, "data_dir": str(work / "userdata")}
+    tiny = {**TINY, "data_dir": str(link_user_data(work, real_data_dir, ["tox21/tox21.csv.gz"]))}
     (work / "tiny.yaml").write_text(yaml.safe_dump(tiny))
     profile = cluster_profile(work / "profile")
     env = cluster["env"]
