@@ -196,6 +196,15 @@ class GRUCellAdapter(LayerAdapter):
     from_neuron_major = staticmethod(_gate_major_inverse)
 
 
+def _batched(module: nn.GRU, x: torch.Tensor, h: torch.Tensor | None):
+    """(x, h, unbatched): an unbatched input and state given a batch dimension of 1, as nn.GRU does."""
+    unbatched = x.dim() == 2
+    if unbatched:
+        x = x.unsqueeze(1 if not module.batch_first else 0)
+        h = None if h is None else h.unsqueeze(1)
+    return x, h, unbatched
+
+
 class GRUAdapter(LayerAdapter):
     """``nn.GRU`` (unidirectional, any depth): neurons are the last layer's hidden units.
 
@@ -232,11 +241,7 @@ class GRUAdapter(LayerAdapter):
         return (x, h)
 
     def stacked_forward(self, module, params, inputs):
-        x, h = inputs
-        unbatched = x.dim() == 2
-        if unbatched:
-            x = x.unsqueeze(1 if not module.batch_first else 0)
-            h = None if h is None else h.unsqueeze(1)
+        x, h, unbatched = _batched(module, *inputs)
         hidden, layers = module.hidden_size, module.num_layers
         copies = params["weight_ih_l0"].shape[0]
         batch = x.shape[0] if module.batch_first else x.shape[1]
@@ -328,11 +333,7 @@ class BidirectionalGRUAdapter(GRUAdapter):
     def stacked_forward(self, module, params, inputs):
         if not module.bidirectional:
             return super().stacked_forward(module, params, inputs)
-        x, h = inputs
-        unbatched = x.dim() == 2
-        if unbatched:
-            x = x.unsqueeze(1 if not module.batch_first else 0)
-            h = None if h is None else h.unsqueeze(1)
+        x, h, unbatched = _batched(module, *inputs)
         hidden, layers = module.hidden_size, module.num_layers
         copies = params["weight_ih_l0" + _BOTH_DIRECTIONS].shape[0]
         batch = x.shape[0] if module.batch_first else x.shape[1]
