@@ -6,7 +6,10 @@ the wall time until the last one finishes: runs per hour = P / wall * 3600. On a
 the CPU each run gets `--threads` threads, so P runs ask for P x threads cores.
 
     python benchmarks/packing.py --benchmark tox21 --parallel 1 2 4 8 --device cuda --data-dir ../shared/data
-    python benchmarks/packing.py --benchmark physionet --factor width=0.125 --parallel 1 2 --data-dir ../shared/data
+    python benchmarks/packing.py --benchmark physionet --factor width=0.125 --variant pb --parallel 1 2 --data-dir ../shared/data
+
+A run is capped at ``--epochs`` epochs, all in its first neuron cycle, so ``--variant pb`` times the same
+epochs a baseline would (PhysioNet's width 0.125 configures only pb and baseline_matched).
 
 Prints a table and writes benchmarks/out/packing_<benchmark>.csv.
 """
@@ -36,7 +39,7 @@ def main(argv=None) -> int:
     parser.add_argument("--factor", action="append", default=[], help="NAME=VALUE, e.g. width=0.125")
     parser.add_argument("--parallel", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--epochs", type=int, default=3, help="epochs per run (one neuron cycle, no dendrites)")
-    parser.add_argument("--variant", default="baseline")
+    parser.add_argument("--variant", default="baseline", help="a variant configured at the factor values")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-dir", default="data")
