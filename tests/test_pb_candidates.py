@@ -17,6 +17,8 @@ import pb_core
 from pb_core import CycleController, DendriticLayer, Scores, SwitchPolicy
 from pb_core.controller import noise_z, optimizer_from_spec
 
+from nets import Tiny
+
 
 def _frozen_single_neuron(objective: str, seed: int = 0):
     torch.manual_seed(seed)
@@ -190,15 +192,6 @@ def test_noise_z_is_bonferroni():
 
 
 # ---------------------------------------------------------------------------------------------- stopping rule
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(2, 3), nn.Linear(3, 2)
-
-    def forward(self, x):
-        return self.fc2(torch.tanh(self.fc1(x)))
-
-
 @pytest.mark.parametrize("stop", [True, False])
 def test_stop_on_no_improvement(stop):
     """Validation per neuron cycle (2 epochs each): 1, 2 | K=1: 1.5, 1.9 (worse) | K=2: 3, 2.5 | K=3: 0, 0.

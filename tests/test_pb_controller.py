@@ -16,17 +16,10 @@ from torch.utils.data import DataLoader, TensorDataset
 import pb_core
 from pb_core import CycleController, DendriticLayer, Scores, SwitchPolicy, count_parameters
 
+from nets import Tiny
+
 
 # ---------------------------------------------------------------------------------------------- scripted harness
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(2, 3), nn.Linear(3, 2)
-
-    def forward(self, x):
-        return self.fc2(torch.tanh(self.fc1(x)))
-
-
 def _main(module):
     return module.main if isinstance(module, DendriticLayer) else module
 
