@@ -213,6 +213,30 @@ def stale_cache_error(path: Path, benchmark: str, why: str) -> StaleCacheError:
                            f"a training job never writes its own inputs")
 
 
+def load_prepared_cache(path: Path, benchmark: str, cache_format: int, expected, *, settings_key: str = "settings",
+                        canonical=None, weights_only: bool = True) -> dict:
+    """The prepared cache at ``path`` (a dict saved with ``torch.save``) if it has ``cache_format`` and was
+    made from the prepare settings ``expected`` (compared through ``canonical`` when given); else a
+    :class:`StaleCacheError` naming the prepare command. Reads only: training jobs call it."""
+    import torch  # not at module level: the Snakefile reads this module
+
+    path = Path(path)
+    if not path.is_file():
+        raise stale_cache_error(path, benchmark, "the prepared data is missing: the file does not exist")
+    try:
+        cache = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as exc:  # a truncated or foreign file: derived data, made again by prepare
+        raise stale_cache_error(path, benchmark, f"cannot read it ({type(exc).__name__}: {exc})") from None
+    if not isinstance(cache, dict) or cache.get("format") != cache_format:
+        raise stale_cache_error(path, benchmark, f"it is not a {benchmark} cache of format {cache_format} "
+                                                 f"(written by another version of the suite)")
+    recorded = cache.get(settings_key)
+    same = canonical(recorded) == canonical(expected) if canonical else recorded == expected
+    if not same:
+        raise stale_cache_error(path, benchmark, f"it was made from other data settings ({recorded} != {expected})")
+    return cache
+
+
 def packages() -> list[str]:
     """Every benchmark package: the folders of ``experiments/`` that hold a ``meta.py``."""
     return sorted(p.parent.name for p in PACKAGE_ROOT.glob("*/meta.py"))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..registry import stale_cache_error
+from ..registry import load_prepared_cache
 
 try:
     from numpy._core.multiarray import _reconstruct
@@ -200,18 +200,7 @@ def assemble(frames: dict, stock_index: dict, concept_matrix: np.ndarray, market
 
 def load_prepared(path: Path, expected: dict, benchmark: str) -> dict:
     """The prepared cache, if it was made with the ``expected`` prepare settings; else a stale-cache error."""
-    path = Path(path)
-    if not path.is_file():
-        raise stale_cache_error(path, benchmark, "the prepared data does not exist")
-    try:
-        cache = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: derived data, made again by prepare
-        raise stale_cache_error(path, benchmark, f"it cannot be read ({type(exc).__name__}: {exc})") from None
-    if not isinstance(cache, dict) or cache.get("format") != CACHE_FORMAT:
-        raise stale_cache_error(path, benchmark, f"it is not a CSI300 cache of format {CACHE_FORMAT}")
-    if _canonical(cache.get("settings")) != _canonical(expected):
-        raise stale_cache_error(path, benchmark, "it was prepared with other data settings")
-    return cache
+    return load_prepared_cache(path, benchmark, CACHE_FORMAT, expected, canonical=_canonical)
 
 
 def cache_is_current(path: Path, expected: dict) -> bool:

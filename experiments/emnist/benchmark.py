@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from pb_core.records import atomic_torch_save
 
 from ..errors import DataError
-from ..registry import Experiment, stale_cache_error
+from ..registry import Experiment, load_prepared_cache
 from . import data
 from .meta import INFO, source_of
 from .model import HEAD, MnistNet
@@ -170,19 +170,7 @@ def _recorded_settings(path: Path):
 
 def load_prepared(path: Path, settings: dict) -> dict:
     """The prepared tensors, or a StaleCacheError when the cache is missing or was made from other settings."""
-    path = Path(path)
-    if not path.is_file():
-        raise stale_cache_error(path, settings["benchmark"], "the prepared EMNIST data is missing")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise stale_cache_error(path, settings["benchmark"], f"cannot read it ({type(exc).__name__}: {exc})")
-    if not isinstance(blob, dict) or blob.get("format") != CACHE_FORMAT:
-        raise stale_cache_error(path, settings["benchmark"], f"it is not an EMNIST cache of format {CACHE_FORMAT}")
-    wanted = prepare_settings(settings)
-    if blob.get("settings") != wanted:
-        raise stale_cache_error(path, settings["benchmark"],
-                                f"it was made with {blob.get('settings')}, this run needs {wanted}")
+    blob = load_prepared_cache(path, settings["benchmark"], CACHE_FORMAT, prepare_settings(settings))
     if len(blob["classes"]) != 47:
         raise DataError(f"{path}: {len(blob['classes'])} classes, EMNIST Balanced has 47; prepare it again")
     return blob

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..download import ensure_file
-from ..registry import EpochContext, Experiment, stale_cache_error
+from ..registry import EpochContext, Experiment, load_prepared_cache
 from . import data as pdata
 from .loss import kl_coefficient, mtan_loss, roc_auc
 from .meta import INFO, set_files
@@ -71,14 +71,8 @@ class PhysioNetBenchmark:
 
 def load_prepared(prepared: Path, settings: dict) -> dict:
     """The prepared cache, or the stale-cache error naming the prepare command."""
-    cache = pdata.load_cache(prepared)
-    if cache is None:
-        raise stale_cache_error(Path(prepared), settings["benchmark"], "the prepared data is missing or unreadable")
-    want = prepare_settings(settings)
-    if cache.get("prepare_settings") != want:
-        raise stale_cache_error(Path(prepared), settings["benchmark"],
-                                f"it was prepared with {cache.get('prepare_settings')}, the run needs {want}")
-    return cache
+    return load_prepared_cache(prepared, settings["benchmark"], pdata.CACHE_FORMAT, prepare_settings(settings),
+                               settings_key="prepare_settings")
 
 
 def make_splits(cache: dict, settings: dict) -> tuple[dict, dict]:

@@ -181,23 +181,13 @@ def _layout(table: MoleculeTable) -> dict:
 def check_cache(cache_path: Path, expected: dict, benchmark: str) -> dict:
     """The prepared cache, if this featuriser made it from exactly the prepare settings ``expected``; else a
     :class:`StaleCacheError` naming the prepare command. Never rewrites anything (training jobs call it)."""
-    from ..registry import stale_cache_error
+    from ..registry import load_prepared_cache, stale_cache_error
 
-    cache_path = Path(cache_path)
-    if not cache_path.is_file():
-        raise stale_cache_error(cache_path, benchmark, "the prepared data does not exist")
-    try:
-        cached = torch.load(cache_path, weights_only=False)
-    except Exception as exc:  # a truncated or foreign file
-        raise stale_cache_error(cache_path, benchmark, f"cannot read it ({type(exc).__name__}: {exc})") from None
-    if not isinstance(cached, dict) or cached.get("format") != CACHE_FORMAT:
-        raise stale_cache_error(cache_path, benchmark, "it was written by another version of the suite")
+    # weights_only=False: the cache holds PyG Data objects, and it is a file this code wrote.
+    cached = load_prepared_cache(cache_path, benchmark, CACHE_FORMAT, expected, weights_only=False)
     if cached.get("featuriser_version") != features.FEATURISER_VERSION:
-        raise stale_cache_error(cache_path, benchmark, f"it was made by featuriser version "
+        raise stale_cache_error(Path(cache_path), benchmark, f"it was made by featuriser version "
                                 f"{cached.get('featuriser_version')}, this code is {features.FEATURISER_VERSION}")
-    if cached.get("settings") != expected:
-        raise stale_cache_error(cache_path, benchmark, f"it was made from other data settings "
-                                f"({cached.get('settings')} != {expected})")
     return cached
 
 
