@@ -18,7 +18,7 @@ from ..download import ensure_file
 from ..registry import EpochContext, Experiment, load_prepared_cache
 from . import data as pdata
 from .loss import kl_coefficient, mtan_loss, roc_auc
-from .meta import INFO, set_files
+from .meta import INFO, all_sets, defects_path, set_files
 from .model import OUTPUT_LAYER_NAME, build_model, describe, parameter_counts
 
 log = logging.getLogger(__name__)
@@ -37,13 +37,15 @@ class PhysioNetBenchmark:
                 benchmark: str = "physionet") -> Path:
         path = Path(cache_dir) / INFO.prepared_path(block)
         cache = pdata.load_cache(path)
-        if cache is not None and cache.get("prepare_settings") == prepare_settings(block):
+        # A cache without the defects report beside it (made before there was one) is made again.
+        if (cache is not None and cache.get("prepare_settings") == prepare_settings(block)
+                and defects_path(path).is_file()):
             log.info("%s: %s is up to date", benchmark, path)
             return path
         raw = {f.name: ensure_file(Path(data_dir), f.name, f.url, sha256=f.sha256, download=download)
                for f in INFO.raw_files(block)}
         folder = block["data"]["folder"]
-        files = {s: tuple(raw[f"{folder}/{name}"] for name in set_files(s)) for s in block["data"]["sets"]}
+        files = {s: tuple(raw[f"{folder}/{name}"] for name in set_files(s)) for s in all_sets(block["data"])}
         pdata.build_cache(block["data"], files, path, extra={"prepare_settings": prepare_settings(block)})
         return path
 
@@ -76,18 +78,28 @@ def load_prepared(prepared: Path, settings: dict) -> dict:
 
 
 def make_splits(cache: dict, settings: dict) -> tuple[dict, dict]:
-    """The run's seeded train/val/test splits, normalised with statistics of its training records only."""
+    """The run's seeded train/val/test splits, normalised with statistics of its training records only.
+
+    Without ``data.test_set``: one seeded split of all records (``train.split``). With it: the held-out
+    set's records are the test split of every run, and the training sets are split into train and
+    validation per seed (``train.split[1]``; ``train.split[0]`` is not used).
+    """
     train_cfg = settings["train"]
     split_seed = settings["seed"] if train_cfg.get("split_seed") is None else train_cfg["split_seed"]
     offsets = cache["offsets"].numpy()
     times, values, mask = cache["times"].numpy(), cache["values"].numpy(), cache["mask"].numpy()
     labels = cache["labels"].numpy()
-    idx = dict(zip(SPLITS, pdata.split_indices(len(labels), split_seed, tuple(train_cfg["split"]))))
+    test_set = settings["data"].get("test_set")
+    if test_set is None:
+        parts = pdata.split_indices(len(labels), split_seed, tuple(train_cfg["split"]))
+    else:
+        parts = pdata.held_out_split(cache["sets"], test_set, split_seed, train_cfg["split"][1])
+    idx = dict(zip(SPLITS, parts))
     minimum, maximum = pdata.normalisation(values, mask, offsets, idx["train"])
     time_scale = float(times[pdata.record_rows(offsets, idx["train"])].max()) or 1.0
     splits = {k: pdata.pad_split(times, values, mask, offsets, labels, i, minimum, maximum, time_scale)
               for k, i in idx.items()}
-    info = {"split_seed": int(split_seed), "time_scale_hours": time_scale,
+    info = {"split_seed": int(split_seed), "time_scale_hours": time_scale, "test_set": test_set,
             "records": {k: len(i) for k, i in idx.items()},
             "deaths": {k: int(labels[i].sum()) for k, i in idx.items()}}
     return splits, info

@@ -12,8 +12,14 @@
   ``Outcomes-x.txt``; the label is In-hospital_death. Records are returned sorted by RecordID, so the
   order (and every seeded split) does not depend on the archive's member order. ``data.limit`` keeps
   only the first N records by RecordID (over the sets in their configured order): a tiny profile for tests.
+  Records come as they come in the wild: a line that cannot be read (an empty or unknown parameter name,
+  a value that is not a number, a repeated header, a time past 48:00, ...) is skipped and counted per file
+  and kind (:class:`Defects`, :data:`DEFECT_ACTIONS`), never costing the other records; only a file that
+  cannot be read as a whole (an unreadable archive, a record file without its header, an outcomes file
+  without its header or rows) is an error naming it.
 * :func:`split_indices` is the original's protocol, seeded: 80/20 train/test, then 80/20 of the
-  training part into train/validation.
+  training part into train/validation. :func:`held_out_split` is the Challenge's own setting: one set held
+  out for testing, the others split 80/20 into train/validation per seed.
 * :func:`normalisation` computes each variable's minimum and maximum over the TRAINING records only
   (the original used all of set A, so test values leaked into the normalisation); :func:`pad_split`
   applies the original's transform ``(x - min) / max`` (max 0 -> 1; unobserved entries 0) and divides
@@ -36,6 +42,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .meta import all_sets, defects_path
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +61,34 @@ LABEL_COLUMN = "In-hospital_death"
 OUTCOME_COLUMNS = ("RecordID", "SAPS-I", "SOFA", "Length_of_stay", "Survival", LABEL_COLUMN)
 SOURCE_PAGE = "https://physionet.org/content/challenge-2012/1.0.0/"
 _TIME = re.compile(r"(\d+):(\d\d)")
+HEADER = ("Time", "Parameter", "Value")
+# The Challenge's records cover the first 48 hours in the ICU; a later time stamp is outside the protocol.
+WINDOW_MINUTES = 48 * 60
+
+# Every kind of line, record or outcome that cannot be read as it stands, and what is done with it (the
+# `action` column of the defects CSV beside the cache; docs/physionet.md gives the reason for each choice).
+# Anything not listed (an unreadable archive or outcomes file, a record file without its header line, a
+# member that is not UTF-8 text, a RecordID twice) stops with an error naming the file.
+DEFECT_ACTIONS = {
+    "windows_line_ends": "parsed: a line end \\r\\n is read as \\n (count: lines)",
+    "blank_line": "ignored",
+    "repeated_header": "line skipped",
+    "malformed_line": "line skipped: not three comma-separated fields",
+    "bad_time": "line skipped: time stamp not HH:MM with minutes 00-59",
+    "empty_parameter": "line skipped",
+    "unknown_parameter": "line skipped",
+    "empty_value": "line skipped",
+    "non_numeric_value": "line skipped: not a finite number",
+    "after_48h": "observation dropped: after 48:00, outside the Challenge's window",
+    "no_record_id": "record skipped: no RecordID line to label it with",
+    "record_without_outcome": "record skipped: cannot be labelled",
+    "conflicting_outcome": "record skipped: its outcome rows disagree",
+    "bad_outcome_line": "line skipped: no RecordID and 0/1 In-hospital_death",
+    "repeated_outcome": "line skipped: the RecordID's first row is used unless the labels disagree",
+    "outcome_without_record": "not used: no record file has this RecordID",
+}
+DEFECT_COLUMNS = ["file", "kind", "action", "count", "first_line", "example"]
+HARMLESS = ("windows_line_ends", "blank_line")  # nothing was lost: the summary line is no warning
 
 
 def _fix(path: Path) -> str:
@@ -61,13 +96,56 @@ def _fix(path: Path) -> str:
             f"from {SOURCE_PAGE} into {Path(path).parent}/)")
 
 
+def _clock(stamp: str) -> tuple[int, int] | None:
+    """``"HH:MM"`` -> (hours, minutes), or None when it is not a clock reading with minutes 00-59."""
+    match = _TIME.fullmatch(stamp)
+    if match is None or int(match.group(2)) > 59:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
 def quantised_hours(stamp: str, quantization: float) -> float:
     """``"HH:MM"`` -> hours, rounded to a multiple of ``quantization`` exactly as the original does."""
-    match = _TIME.fullmatch(stamp)
-    if match is None:
+    clock = _clock(stamp)
+    if clock is None:
         raise ValueError(f"time stamp {stamp!r} is not HH:MM")
-    hours = float(match.group(1)) + float(match.group(2)) / 60.0
+    hours = float(clock[0]) + float(clock[1]) / 60.0
     return round(hours / quantization) * quantization
+
+
+class Defects:
+    """How often each kind of defect (:data:`DEFECT_ACTIONS`) occurred in each file: its count, the first line
+    it occurred on and that line's text. One collector serves every file a cache is made from."""
+
+    def __init__(self):
+        self._counts: dict[tuple[str, str], list] = {}  # (file, kind) -> [count, first line, example]
+
+    def add(self, file: str, kind: str, line: int | None = None, text: str = "", count: int = 1) -> None:
+        if kind not in DEFECT_ACTIONS:
+            raise ValueError(f"unknown defect kind {kind!r}")
+        entry = self._counts.setdefault((file, kind), [0, line, text.strip()[:80]])
+        entry[0] += count
+
+    def count(self, kind: str, file: str | None = None) -> int:
+        return sum(c[0] for (f, k), c in self._counts.items() if k == kind and (file is None or f == file))
+
+    def rows(self) -> list[dict]:
+        """One row per file and kind (columns :data:`DEFECT_COLUMNS`), by file, kinds in a fixed order."""
+        order = list(DEFECT_ACTIONS)
+        return [{"file": f, "kind": k, "action": DEFECT_ACTIONS[k], "count": c[0], "first_line": c[1],
+                 "example": c[2]}
+                for (f, k), c in sorted(self._counts.items(), key=lambda i: (i[0][0], order.index(i[0][1])))]
+
+    def summary(self) -> str:
+        """One line: each kind's total count and in how many files it occurred."""
+        if not self._counts:
+            return "every line of every file read"
+        parts = []
+        for kind in DEFECT_ACTIONS:
+            files = {f for f, k in self._counts if k == kind}
+            if files:
+                parts.append(f"{self.count(kind)} {kind} ({len(files)} file{'s' * (len(files) > 1)})")
+        return ", ".join(parts)
 
 
 @dataclass
@@ -79,34 +157,69 @@ class Record:
     has_series: bool    # False: nothing but the 00:00 general descriptors
 
 
-def parse_record(lines: Iterable[str], quantization: float, where: str = "record") -> Record:
-    """One record's lines (header first) -> :class:`Record`. Raises DataError naming ``where`` and the line."""
+def _is_header(line: str) -> bool:
+    return tuple(p.strip() for p in line.split(",")) == HEADER
+
+
+def parse_record(lines: Iterable[str], quantization: float, where: str = "record",
+                 defects: Defects | None = None) -> Record | None:
+    """One record's lines (header first) -> :class:`Record`, or None when it has no RecordID line.
+
+    A line that cannot be read is skipped and counted in ``defects`` under ``where`` (the kinds of
+    :data:`DEFECT_ACTIONS`; checked in that order: fields, header, time, parameter, value, 48-hour window),
+    so one bad line never costs the record. Only a first line that is not the header is a DataError: then
+    the file is not a record file at all.
+    """
+    defects = Defects() if defects is None else defects
     lines = iter(lines)
-    header = next(lines, "").strip()
-    if header.replace(" ", "") != "Time,Parameter,Value":
-        raise DataError(f"{where}: first line is {header!r}, expected 'Time,Parameter,Value'")
+    header = next(lines, "")
+    if not _is_header(header):
+        raise DataError(f"{where}: first line is {header.strip()!r}, expected 'Time,Parameter,Value': not a "
+                        f"PhysioNet 2012 record file")
     times = [0.0]
     rows, cols, observed = [], [], []  # one entry per observation: (row of its time, variable, value)
     record_id, has_series = None, False
-    last_stamp, time = None, 0.0
+    last_stamp, time, late, admission = None, 0.0, False, True
     for number, line in enumerate(lines, start=2):
         parts = line.split(",")
-        try:
-            stamp, name, text = parts
-            value = float(text)
-            if stamp != last_stamp:  # consecutive lines mostly share their time stamp
-                time, last_stamp = quantised_hours(stamp, quantization), stamp
-        except ValueError:
-            if not line.strip():
-                continue
-            raise DataError(f"{where}, line {number}: cannot read {line.strip()!r} as 'HH:MM,Parameter,Value'") from None
-        if name == "RecordID":
-            record_id = int(value)
+        if len(parts) != 3:
+            defects.add(where, "malformed_line" if line.strip() else "blank_line", number, line)
             continue
+        stamp, name, text = parts  # spaces around a field are allowed (stripped only where they matter: fast)
+        if stamp != last_stamp:  # consecutive lines mostly share their time stamp
+            clock = _clock(stamp.strip())
+            if clock is None:
+                header = tuple(p.strip() for p in parts) == HEADER
+                defects.add(where, "repeated_header" if header else "bad_time", number, line)
+                continue
+            hours = float(clock[0]) + float(clock[1]) / 60.0
+            time, last_stamp = round(hours / quantization) * quantization, stamp
+            late, admission = clock[0] * 60 + clock[1] > WINDOW_MINUTES, clock == (0, 0)
         column = VARIABLE_INDEX.get(name)
         if column is None:
-            raise DataError(f"{where}, line {number}: unknown parameter {name!r} (known: {', '.join(VARIABLES)})")
-        if not has_series and not (stamp == "00:00" and name in DESCRIPTORS):
+            name = name.strip()
+            if not name:
+                defects.add(where, "empty_parameter", number, line)
+                continue
+            column = VARIABLE_INDEX.get(name)
+            if column is None and name != "RecordID":
+                defects.add(where, "unknown_parameter", number, line)
+                continue
+        try:
+            value = float(text)
+        except ValueError:
+            defects.add(where, "non_numeric_value" if text.strip() else "empty_value", number, line)
+            continue
+        if not math.isfinite(value):
+            defects.add(where, "non_numeric_value", number, line)
+            continue
+        if column is None:  # the RecordID line
+            record_id = int(value)
+            continue
+        if late:
+            defects.add(where, "after_48h", number, line)
+            continue
+        if not has_series and not (admission and name in DESCRIPTORS):
             has_series = True
         if time != times[-1]:  # the original starts a row whenever the rounded time changes
             times.append(time)
@@ -114,7 +227,8 @@ def parse_record(lines: Iterable[str], quantization: float, where: str = "record
         cols.append(column)
         observed.append(value)
     if record_id is None:
-        raise DataError(f"{where}: no RecordID line")
+        defects.add(where, "no_record_id")
+        return None
     shape = (len(times), len(VARIABLES))
     sums, count = np.zeros(shape), np.zeros(shape, dtype=np.int64)
     np.add.at(sums, (rows, cols), observed)  # several values of one variable in one row: their mean
@@ -123,32 +237,59 @@ def parse_record(lines: Iterable[str], quantization: float, where: str = "record
     return Record(record_id, np.asarray(times, dtype=np.float64), values, count > 0, has_series)
 
 
-def read_outcomes(path: Path) -> dict[int, int]:
-    """``Outcomes-x.txt`` -> {RecordID: In-hospital_death (0/1)}."""
+@dataclass
+class Outcomes:
+    labels: dict[int, int]  # RecordID -> In-hospital_death (0/1), for the RecordIDs with one label
+    lines: dict[int, int]   # RecordID -> the line of its first row (every RecordID listed, conflicting too)
+    conflicting: set[int]   # RecordIDs listed with both labels
+
+
+def _read_outcomes(path: Path, defects: Defects) -> Outcomes:
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {path} ({type(exc).__name__}: {exc}); {_fix(path)}") from None
     header = [c.strip() for c in (lines[0].split(",") if lines else [])]
     if header != list(OUTCOME_COLUMNS):
         raise DataError(f"{path} is not a PhysioNet 2012 outcomes file: header {header}, expected "
                         f"{list(OUTCOME_COLUMNS)}; {_fix(path)}")
-    labels = {}
+    crlf = path.read_bytes().count(b"\r\n")
+    if crlf:
+        defects.add(path.name, "windows_line_ends", count=crlf)
+    out = Outcomes({}, {}, set())
     for number, line in enumerate(lines[1:], start=2):
+        cells = [c.strip() for c in line.split(",")]
         if not line.strip():
+            defects.add(path.name, "blank_line", number, line)
             continue
-        cells = line.split(",")
+        if cells == list(OUTCOME_COLUMNS):
+            defects.add(path.name, "repeated_header", number, line)
+            continue
         try:
-            record_id, label = int(cells[0]), int(float(cells[-1]))
-        except (ValueError, IndexError):
-            raise DataError(f"{path}, line {number}: cannot read {line!r}; {_fix(path)}") from None
+            record_id, label = int(cells[0]), float(cells[-1])
+        except ValueError:
+            label = None
         if label not in (0, 1) or len(cells) != len(OUTCOME_COLUMNS):
-            raise DataError(f"{path}, line {number}: {line!r} has no 0/1 {LABEL_COLUMN} in column 6; {_fix(path)}")
-        labels[record_id] = label
-    if not labels:
-        raise DataError(f"{path} has a header but no records; {_fix(path)}")
-    return labels
+            defects.add(path.name, "bad_outcome_line", number, line)
+            continue
+        if record_id in out.lines:
+            defects.add(path.name, "repeated_outcome", number, line)
+            if out.labels.get(record_id, int(label)) != int(label):
+                out.conflicting.add(record_id)
+                del out.labels[record_id]
+            continue
+        out.lines[record_id] = number
+        out.labels[record_id] = int(label)
+    if not out.lines:
+        raise DataError(f"{path} has a header but no readable outcome rows; {_fix(path)}")
+    return out
+
+
+def read_outcomes(path: Path, defects: Defects | None = None) -> dict[int, int]:
+    """``Outcomes-x.txt`` -> {RecordID: In-hospital_death (0/1)}; unreadable rows are skipped and counted in
+    ``defects``, a RecordID listed with both labels is left out."""
+    return _read_outcomes(path, Defects() if defects is None else defects).labels
 
 
 def _members(tar_path: Path) -> Iterator[tuple[str, bytes]]:
@@ -173,44 +314,62 @@ def _first_by_record_id(members: list[tuple[str, bytes]], limit: int | None) -> 
     return [members[i] for i in order[:limit]]
 
 
-def read_set(tar_path: Path, outcomes_path: Path, quantization: float,
-             limit: int | None = None) -> tuple[list[Record], np.ndarray]:
+def read_set(tar_path: Path, outcomes_path: Path, quantization: float, limit: int | None = None,
+             defects: Defects | None = None) -> tuple[list[Record], np.ndarray]:
     """Parse every record of one set (straight from its tar.gz) -> (records sorted by RecordID, labels).
 
     ``limit``: only the first ``limit`` records by RecordID (tests and tiny profiles; only those are parsed).
+    ``defects`` collects what was skipped, per file (``set-x.tar.gz:<member>`` and ``Outcomes-x.txt``) and
+    kind; a record is skipped when it has no RecordID or no (or two different) outcomes.
     """
     tar_path = Path(tar_path)
+    defects = Defects() if defects is None else defects
     if not tar_path.is_file():
         raise DataError(f"{tar_path} does not exist; get it with `python -m experiments download physionet`, "
                         f"or download it by hand from {SOURCE_PAGE} into {tar_path.parent}/")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of records or None, got {limit}")
-    outcomes = read_outcomes(outcomes_path)
-    records = []
+    outcomes = _read_outcomes(outcomes_path, defects)
+    records, listed = [], set()  # listed: RecordIDs of every record parsed, labelled or not
     for name, raw in _first_by_record_id(list(_members(tar_path)), limit):
+        where = f"{tar_path.name}:{name}"
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise DataError(f"{tar_path}: member {name} is not UTF-8 text; {_fix(tar_path)}") from None
-        record = parse_record(text.splitlines(), quantization, where=f"{tar_path}:{name}")
+        if "\r\n" in text:
+            defects.add(where, "windows_line_ends", count=text.count("\r\n"))
+        try:
+            record = parse_record(text.splitlines(), quantization, where=where, defects=defects)
+        except DataError as exc:
+            raise DataError(f"{exc} (in {tar_path}); {_fix(tar_path)}") from None
+        if record is None:
+            continue
         stem = Path(name).stem
         if stem.isdigit() and int(stem) != record.record_id:
             raise DataError(f"{tar_path}:{name} holds RecordID {record.record_id}; {_fix(tar_path)}")
-        records.append(record)
+        listed.add(record.record_id)
+        if record.record_id in outcomes.conflicting:
+            defects.add(where, "conflicting_outcome")
+        elif record.record_id not in outcomes.labels:
+            defects.add(where, "record_without_outcome")
+        else:
+            records.append(record)
+    if not listed:
+        raise DataError(f"{tar_path} holds no record files (*.txt) with a RecordID; {_fix(tar_path)}")
     if not records:
-        raise DataError(f"{tar_path} holds no record files (*.txt); {_fix(tar_path)}")
+        raise DataError(f"{outcomes_path} has no outcome for any of the {len(listed)} records of {tar_path}: "
+                        f"the two files are not from the same set; {_fix(outcomes_path)}")
     records.sort(key=lambda r: r.record_id)
     records = records[:limit]
     ids = [r.record_id for r in records]
     if len(set(ids)) != len(ids):
         raise DataError(f"{tar_path} holds some RecordID twice; {_fix(tar_path)}")
-    missing = [i for i in ids if i not in outcomes]
-    if missing:
-        raise DataError(f"{outcomes_path} has no outcome for {len(missing)} records of {tar_path} (e.g. "
-                        f"{missing[:5]}): the two files are not from the same set; {_fix(outcomes_path)}")
-    if limit is None and len(outcomes) != len(ids):
-        log.warning("%s lists %d outcomes for records not in %s", outcomes_path, len(outcomes) - len(ids), tar_path)
-    return records, np.asarray([outcomes[i] for i in ids], dtype=np.int64)
+    if limit is None:  # with a limit, most outcomes have no parsed record by design
+        for record_id, line in outcomes.lines.items():
+            if record_id not in listed:
+                defects.add(Path(outcomes_path).name, "outcome_without_record", line, str(record_id))
+    return records, np.asarray([outcomes.labels[i] for i in ids], dtype=np.int64)
 
 
 # ---------------------------------------------------------------------------------------------- per run
@@ -233,6 +392,27 @@ def split_indices(n: int, seed: int, fractions=(0.8, 0.8)) -> tuple[np.ndarray, 
     perm = np.random.default_rng(seed).permutation(n).astype(np.int64)
     n_test = n - n_train_part
     return perm[n_test + n_train_part - n_train:], perm[n_test:n_test + n_train_part - n_train], perm[:n_test]
+
+
+def held_out_split(sets: list[str], test_set: str, seed: int, fraction: float
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The Challenge's external validation: (train, validation, test) indices when ``test_set`` is held out.
+
+    The test part is every record of ``test_set`` (in cache order: by RecordID); the other records are split
+    as :func:`split_indices` splits its training part, seeded: ``floor(fraction * m)`` of them train, the
+    rest validate, from one permutation of ``numpy.random.default_rng(seed)`` (validation first).
+    """
+    sets = np.asarray(sets)
+    test = np.flatnonzero(sets == test_set).astype(np.int64)
+    rest = np.flatnonzero(sets != test_set).astype(np.int64)
+    if not 0 < float(fraction) < 1:
+        raise ValueError(f"the train fraction must lie strictly between 0 and 1, got {fraction}")
+    n_train = math.floor(float(fraction) * len(rest) + 1e-9)
+    if len(test) < 1 or n_train < 1 or len(rest) - n_train < 1:
+        raise ValueError(f"cannot hold out set {test_set!r} ({len(test)} records) and split the other "
+                         f"{len(rest)} records {fraction}: a part would be empty")
+    perm = rest[np.random.default_rng(seed).permutation(len(rest))]
+    return perm[len(rest) - n_train:], perm[:len(rest) - n_train], test
 
 
 def _layout(offsets: np.ndarray, idx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -324,30 +504,45 @@ CACHE_FORMAT = 1
 
 def build_cache(data_settings: dict, files: dict[str, tuple[Path, Path]], cache_path: Path,
                 extra: dict | None = None) -> dict:
-    """Parse the sets in ``files`` ({set name: (tar.gz, outcomes)}, in that order) and save them at
-    ``cache_path`` (atomically) as flat arrays: record i's time steps are rows ``offsets[i]:offsets[i+1]``.
+    """Parse the sets in ``files`` ({set name: (tar.gz, outcomes)}) and save them at ``cache_path``
+    (atomically) as flat arrays: record i's time steps are rows ``offsets[i]:offsets[i+1]``.
 
+    The training sets (``data.sets``) come first, in their configured order, then the held-out
+    ``data.test_set`` if there is one; ``sets`` names each record's set. ``data.limit`` keeps the first N
+    records of the training sets, and the first N of the held-out set. What the raw files held that could
+    not be read as it stands is counted per file and kind (:class:`Defects`), summarised in one log line
+    and written to the CSV beside the cache (``<cache>.defects.csv``, also in the cache as ``defects``).
     ``data_settings`` (the configuration's ``data`` block) and ``extra`` are recorded, so a run made with
     other data settings can tell the cache is stale. Returns the cache's contents.
     """
     import time
 
-    from pb_core.records import atomic_torch_save
+    from pb_core.records import atomic_torch_save, write_csv
 
     from ..download import file_digest
 
     start = time.perf_counter()
+    order = all_sets(data_settings)
+    if sorted(order) != sorted(files):
+        raise ValueError(f"build_cache needs the files of the sets {order}, got {sorted(files)}")
+    test_set = data_settings.get("test_set")
     records, labels, set_of = [], [], []
     sources = {}
+    defects = Defects()
     limit = data_settings.get("limit")
-    for name, (tar_path, outcomes_path) in files.items():
-        if limit is not None and len(records) >= limit:
+    used = {False: 0, True: 0}  # records kept so far: of the training sets, of the held-out set
+    for name in order:
+        tar_path, outcomes_path = files[name]
+        held_out = name == test_set
+        if limit is not None and used[held_out] >= limit:
             log.info("physionet: set %s not read: data.limit %d reached", name, limit)
             continue
         recs, labs = read_set(tar_path, outcomes_path, float(data_settings["quantization"]),
-                              limit=None if limit is None else limit - len(records))
-        log.info("physionet: set %s: %d records, %d in-hospital deaths, %d without time series", name,
-                 len(recs), int(labs.sum()), sum(not r.has_series for r in recs))
+                              limit=None if limit is None else limit - used[held_out], defects=defects)
+        log.info("physionet: set %s%s: %d records, %d in-hospital deaths, %d without time series", name,
+                 " (held out for testing)" if held_out else "", len(recs), int(labs.sum()),
+                 sum(not r.has_series for r in recs))
+        used[held_out] += len(recs)
         records += recs
         labels.append(labs)
         set_of += [name] * len(recs)
@@ -355,7 +550,7 @@ def build_cache(data_settings: dict, files: dict[str, tuple[Path, Path]], cache_
         sources[Path(outcomes_path).name] = file_digest(outcomes_path, "sha256")
     ids = [r.record_id for r in records]
     if len(set(ids)) != len(ids):
-        raise DataError(f"the sets {list(files)} share RecordIDs; each set must be listed once")
+        raise DataError(f"the sets {order} share RecordIDs; each set must be listed once")
     offsets = np.cumsum([0] + [len(r.times) for r in records]).astype(np.int64)
     cache = {
         "format": CACHE_FORMAT, "data": dict(data_settings), "variables": list(VARIABLES),
@@ -366,9 +561,15 @@ def build_cache(data_settings: dict, files: dict[str, tuple[Path, Path]], cache_
         "values": torch.from_numpy(np.concatenate([r.values for r in records])),
         "mask": torch.from_numpy(np.concatenate([r.mask for r in records])),
         "without_series": [r.record_id for r in records if not r.has_series],
+        "defects": defects.rows(),
         "sources_sha256": sources, "seconds": time.perf_counter() - start, **(extra or {}),
     }
+    report = defects_path(cache_path)
+    write_csv(report, cache["defects"], DEFECT_COLUMNS)  # first: a cache without its report is made again
     atomic_torch_save(cache, cache_path)
+    skipped = any(row["kind"] not in HARMLESS for row in cache["defects"])
+    log.log(logging.WARNING if skipped else logging.INFO, "physionet: read %d records of sets %s: %s "
+            "(per file: %s)", len(ids), "+".join(order), defects.summary(), report)
     log.info("physionet: parsed %d records (%d time steps) in %.1f s -> %s", len(ids), int(offsets[-1]),
              cache["seconds"], cache_path)
     return cache

@@ -6,6 +6,9 @@ measured by a job of its own).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+from ..errors import ConfigError
 from ..registry import BenchmarkInfo, Factor, Output, RawFile
 
 BASE_URL = "https://physionet.org/files/challenge-2012/1.0.0/"
@@ -20,8 +23,11 @@ SHA256 = {
     "set-b.tar.gz": "b1637a2a423a8e76f8f087896cfc5fdf28f88519e1f4e874fbda69b2a64dac30",
     "Outcomes-a.txt": "2613ea60ccda29f87571a7d6b09ad130858a8ccd66325bd073365925026883c2",
     "Outcomes-b.txt": "1305f29734da374a809483229a99f33a9230aa8d4fa74b1a2d6ad788136423d5",
+    # Set C (not on the machine this was written on): the same two sources as set A's and B's values.
+    "set-c.tar.gz": "a4a56b95bcee4d50a3874fe298bf2998f2ed0dd98a676579573dc10419329ee1",
+    "Outcomes-c.txt": "0b32dcb7753c0f18f2f5fde498a28618b8879c5e527ce0dae8ad120dd7e205c9",
 }
-SETS = ("a", "b")
+SETS = ("a", "b", "c")
 
 
 def set_files(set_name: str) -> tuple[str, str]:
@@ -29,17 +35,40 @@ def set_files(set_name: str) -> tuple[str, str]:
     return f"set-{set_name}.tar.gz", f"Outcomes-{set_name}.txt"
 
 
+def all_sets(data: dict) -> list[str]:
+    """The sets a block reads: its training sets (``data.sets``), then its held-out ``data.test_set`` if any.
+
+    Without ``test_set`` every run splits ``sets`` per seed; with it the runs train and validate on ``sets``
+    and all test on ``test_set`` (the Challenge's external validation), which must then not be a training set.
+    """
+    test_set = data.get("test_set")
+    if test_set is None:
+        return list(data["sets"])
+    if test_set in data["sets"]:
+        raise ConfigError(f"data.test_set {test_set!r} is also in data.sets {list(data['sets'])}: a held-out "
+                          f"set must not be trained on; remove it from data.sets")
+    return [*data["sets"], test_set]
+
+
 def raw_files(block: dict) -> list[RawFile]:
     folder = block["data"]["folder"]
     return [RawFile(f"{folder}/{name}", BASE_URL + name, sha256=SHA256[name])
-            for s in block["data"]["sets"] for name in set_files(s)]
+            for s in all_sets(block["data"]) for name in set_files(s)]
 
 
 def prepared_path(block: dict) -> str:
-    """One cache per data settings: two sets, quantisations or limits never overwrite each other's cache."""
+    """One cache per data settings: two sets, a held-out set, quantisations or limits never overwrite each
+    other's cache (``prepared-a+b-testc-q0.016.pt`` holds sets A and B for training and C for testing)."""
     data = block["data"]
+    all_sets(data)  # a held-out set that is also trained on is a ConfigError before any path is named
+    test = f"-test{data['test_set']}" if data.get("test_set") is not None else ""
     limit = f"-first{data['limit']}" if data.get("limit") is not None else ""
-    return f"physionet/prepared-{'+'.join(data['sets'])}-q{data['quantization']}{limit}.pt"
+    return f"physionet/prepared-{'+'.join(data['sets'])}{test}-q{data['quantization']}{limit}.pt"
+
+
+def defects_path(prepared: str | Path) -> Path:
+    """The CSV beside a prepared cache that counts what its raw files held that could not be read as it stands."""
+    return Path(prepared).with_suffix(".defects.csv")
 
 
 INFO = BenchmarkInfo(
