@@ -85,3 +85,31 @@ def prepared_market(data_dir: str) -> PreparedMarket:
     return PreparedMarket(cfg=cfg, block=block, cache_dir=root / "cache", prepared=prepared,
                           market_root=market_root, truth=truth, stray_files=sorted(p.name for p in workdir.iterdir()),
                           blocked_connections=blocked)
+
+
+# A real slice of the shared daily data for the daily_csv tests: four stocks, 2007-01 to 2008-06. SH600000
+# goes ex-dividend on 2007-07-18 (prev_close 36.18 after a close of 36.33), SZ000002 on 2007-05-16 (bonus
+# shares: 22.97 -> 15.21), SH601318 lists on 2007-03-01 and joins the index on 2007-07-02, SH600089 leaves
+# the index on 2007-07-01 and comes back on 2008-01-02.
+SLICE_CODES = ("SH600000", "SZ000002", "SH601318", "SH600089")
+SLICE_DATES = ("2007-01-01", "2008-06-30")
+
+
+def write_real_slice(data_dir: Path, dest: Path, codes=SLICE_CODES, dates=SLICE_DATES) -> tuple[Path, Path]:
+    """(csv folder, membership file) under ``dest``: the shared data's rows of ``codes`` between ``dates``
+    and their membership lines (the builder clips them to the calendar)."""
+    import gzip
+
+    source = Path(data_dir) / "csi300"
+    folder = dest / "cn_daily"
+    folder.mkdir(parents=True)
+    for code in codes:
+        with gzip.open(source / "cn_daily" / f"{code}.csv.gz", "rt") as f:
+            header, *rows = f.read().splitlines()
+        kept = [r for r in rows if dates[0] <= r[:10] <= dates[1]]
+        with gzip.open(folder / f"{code}.csv.gz", "wt") as f:
+            f.write("\n".join([header, *kept]) + "\n")
+    lines = (source / "csi300_membership.txt").read_text().splitlines()
+    membership = dest / "membership.txt"
+    membership.write_text("".join(f"{line}\n" for line in lines if line.split("\t")[0] in codes))
+    return folder, membership

@@ -235,7 +235,8 @@ def test_bundle_fetcher_uses_qlibs_get_data_and_never_leaves_half_a_folder(tmp_p
     from qlib.tests.data import GetData
 
     raw = meta.raw_files({"data": {"source": "qlib", "qlib_dir": "csi300/qlib_cn_data", "stock_index": "i.npy",
-                                   "concept_matrix": "c.npy", "market_value": "m.pkl"}})[0]
+                                   "concept_matrix": "c.npy", "market_value": "m.pkl", "concepts": "hist",
+                                   "market_value_source": "file"}})[0]
     calls = []
 
     def fake_download(self, target_dir, region, interval, delete_old, **kwargs):
@@ -257,7 +258,8 @@ def test_bundle_fetcher_uses_qlibs_get_data_and_never_leaves_half_a_folder(tmp_p
 
 def test_meta_names_the_raw_files_and_nothing_heavy_is_imported_before_it_is_needed():
     block = {"data": {"source": "qlib", "qlib_dir": "csi300/qlib_cn_data", "stock_index": "csi300/i.npy",
-                      "concept_matrix": "csi300/c.npy", "market_value": "csi300/m.pkl"}}
+                      "concept_matrix": "csi300/c.npy", "market_value": "csi300/m.pkl", "concepts": "hist",
+                      "market_value_source": "file"}}
     files = {raw.name: raw for raw in meta.raw_files(block)}
     assert files["csi300/qlib_cn_data"].is_dir and files["csi300/qlib_cn_data"].fetcher == meta.QLIB_BUNDLE_FETCHER
     assert files["csi300/i.npy"].sha256 == meta.STOCK_INDEX_SHA256

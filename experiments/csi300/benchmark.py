@@ -22,12 +22,13 @@ from pb_core.records import atomic_torch_save
 
 from ..config import digest
 from ..download import ensure_file
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..registry import Experiment, RawFile, resolve
-from . import fixture, qlib_data
+from . import daily_csv, fixture, qlib_data
+from .concepts import cluster_matrix
 from .data import (DaySplit, assemble, cache_is_current, load_concept_matrix, load_market_value, load_prepared,
                    load_stock_index)
-from .meta import INFO, raw_files
+from .meta import DAILY_CSV_FETCHER, INFO, QLIB_BUNDLE_FETCHER, raw_files
 from .metric import precision_at_k
 from .model import HIST, OUTPUT_LAYER_NAME, parameter_count
 
@@ -36,12 +37,13 @@ SPLITS = ("train", "valid", "test")
 
 
 def ensure_raw(raw: RawFile, data_dir: Path, download: bool) -> Path:
-    """The raw file or folder, fetched first when it is missing and downloading is allowed."""
+    """The raw file or folder, fetched first when it is missing and downloading is allowed (a user's own
+    data, which has nothing to download, says where to put it)."""
     path = Path(data_dir) / raw.name
-    if raw.is_dir:
+    if raw.fetcher:
         if path.exists():
             return path
-        if not download:
+        if not download and raw.fetcher == QLIB_BUNDLE_FETCHER:
             raise DataError(f"{path} is missing and downloading is switched off (download: false); get it "
                             f"with `{qlib_data.get_data_command(path)}`, or allow downloading")
         return resolve(raw.fetcher)(raw, Path(data_dir))
@@ -52,35 +54,82 @@ def prepare(block: dict, data_dir: Path, cache_dir: Path, download: bool, benchm
             kernels: int | None = None) -> Path:
     """Read the raw data through qlib once and write the prepared cache (``kernels``: qlib's workers).
 
-    A cache already made from the same settings is reused as it is."""
+    A cache already made from the same settings (and, for ``daily_csv``, the same input files) is reused."""
     cache_path = Path(cache_dir) / INFO.prepared_path(block)
-    if cache_is_current(cache_path, prepare_settings(block)):
+    data = block["data"]
+    settings = prepare_settings(block)
+    inputs = None
+    if data["source"] == "daily_csv":
+        # the bundle is derived data, cached by the inputs' checksums; a changed CSV makes a new bundle and a
+        # new prepared cache even though the settings are the same
+        csv_dir = ensure_raw(RawFile(data["daily_csv"]["dir"], is_dir=True, fetcher=DAILY_CSV_FETCHER), data_dir, download)
+        membership = ensure_raw(RawFile(data["daily_csv"]["membership"], fetcher=DAILY_CSV_FETCHER), data_dir, download)
+        qlib_dir, report = daily_csv.build_bundle(
+            csv_dir, membership, Path(cache_dir) / "csi300", universe=data["instruments"],
+            market_value_column=data["daily_csv"]["market_value_column"])
+        inputs = report["inputs_sha256"]
+    if cache_is_current(cache_path, settings, inputs):
         log.info("%s: %s is up to date", benchmark, cache_path)
         return cache_path
-    data = block["data"]
     paths = {raw.name: ensure_raw(raw, data_dir, download) for raw in raw_files(block)}
-    stock_index = load_stock_index(paths[data["stock_index"]])
+    concept_path = value_path = None
     if data["source"] == "fixture":
         # A synthetic market in qlib's format, written beside the cache (derived data, never raw data).
-        market = fixture.write_market(Path(cache_dir) / "csi300" / f"fixture-{digest(data)}", stock_index,
-                                      **data["fixture"])
+        market = fixture.write_market(Path(cache_dir) / "csi300" / f"fixture-{digest(data)}",
+                                      load_stock_index(paths[data["stock_index"]]), **data["fixture"])
         qlib_dir, concept_path, value_path = market.root, market.concept_matrix, market.market_value
-    else:
+    elif data["source"] == "qlib":
         qlib_dir = paths[data["qlib_dir"]]
-        concept_path, value_path = paths[data["concept_matrix"]], paths[data["market_value"]]
-    concepts = load_concept_matrix(concept_path, rows_needed=max(stock_index.values()) + 1)
-    market_value = load_market_value(value_path)
+    if data["concepts"] == "hist" and concept_path is None:
+        concept_path = paths[data["concept_matrix"]]
+    if data["market_value_source"] == "file" and value_path is None:
+        value_path = paths[data["market_value"]]
     segments = {name: data["segments"][name] for name in SPLITS}
-    frames = qlib_data.alpha360_frames(qlib_dir, instruments=data["instruments"], segments=segments,
-                                       label=data["label"], infer_processors=data["infer_processors"],
-                                       learn_processors=data["learn_processors"], region=data["region"],
-                                       kernels=kernels)
+    common = dict(instruments=data["instruments"], region=data["region"], kernels=kernels)
+    frames = qlib_data.alpha360_frames(qlib_dir, segments=segments, label=data["label"],
+                                       infer_processors=data["infer_processors"],
+                                       learn_processors=data["learn_processors"], **common)
+    stock_index, concepts, concept_stats = predefined_concepts(data, paths, concept_path, qlib_dir, common)
+    if data["market_value_source"] == "file":
+        market_value = load_market_value(value_path)
+    else:
+        field = data["daily_csv"]["market_value_column"]
+        if data["source"] != "daily_csv" or not field:
+            raise ConfigError("data.market_value_source: bundle reads the market value the daily_csv bundle carries "
+                              "(data.daily_csv.market_value_column); use it with data.source: daily_csv, or use file")
+        first, last = min(s[0] for s in segments.values()), max(s[1] for s in segments.values())
+        market_value = qlib_data.universe_features(qlib_dir, expression=f"${field}", start=first, end=last,
+                                                   members_only=True, **common)
     cache = assemble(frames, stock_index, concepts, market_value, data["market_value_unit"])
-    cache["settings"] = prepare_settings(block)
+    cache["settings"] = settings
+    cache["inputs_sha256"] = inputs
+    cache["stats"]["concepts_source"] = data["concepts"]
+    cache["stats"]["concept_stats"] = concept_stats
     atomic_torch_save(cache, cache_path)
-    log.info("%s: prepared %s (%s days, %s stocks per day min/median/max)",
-             benchmark, cache_path, cache["stats"]["days"], cache["stats"]["stocks_per_day"])
+    log.info("%s: prepared %s (%s days, %s stocks per day min/median/max; concepts: %s)",
+             benchmark, cache_path, cache["stats"]["days"], cache["stats"]["stocks_per_day"], data["concepts"])
     return cache_path
+
+
+def predefined_concepts(data: dict, paths: dict, concept_path, qlib_dir: Path, common: dict):
+    """(stock index, stock-to-concept matrix, stats) for ``data.concepts`` (see concepts.py)."""
+    if data["concepts"] == "hist":
+        stock_index = load_stock_index(paths[data["stock_index"]])
+        return stock_index, load_concept_matrix(concept_path, rows_needed=max(stock_index.values()) + 1), {}
+    if data["concepts"] == "none":
+        return {}, np.zeros((0, 0), dtype=np.float32), {}
+    options = data["return_clusters"]
+    first, last = data["segments"]["train"]
+    returns = qlib_data.universe_features(qlib_dir, expression="$close / Ref($close, 1) - 1", start=first, end=last,
+                                          members_only=False, **common)
+    returns = returns.unstack("instrument")
+    last_day = np.datetime64(last)
+    if len(returns) and returns.index.max().to_datetime64() > last_day:  # no look-ahead, however qlib clips
+        raise DataError(f"return_clusters read returns after the training segment ({returns.index.max()})")
+    index, matrix, stats = cluster_matrix(returns, options["clusters"], options["min_days"])
+    log.info("csi300: %d return clusters of %d stocks (sizes %s); %d stocks without a concept",
+             stats["clusters"], stats["stocks_clustered"], stats["cluster_sizes"][:10], stats["stocks_without_concept"])
+    return index, matrix, stats
 
 
 def prepare_settings(block: dict) -> dict:
@@ -111,7 +160,10 @@ def make_experiment(settings: dict, cache: dict, device: str) -> Experiment:
     """The run's model and loops over an already loaded prepared cache (see :func:`build`)."""
     splits = {name: DaySplit.from_cache(cache, name, device) for name in SPLITS}
     train_cfg, model_cfg, seed = settings["train"], settings["model"], int(settings["seed"])
-    model = HIST(**model_cfg).to(device)
+    width = settings.get("factors", {}).get("width", 1)
+    model_cfg = dict(model_cfg, hidden_size=max(1, round(model_cfg["hidden_size"] * width)))
+    concepts_source = settings["data"]["concepts"]
+    model = HIST(**model_cfg, predefined_concepts=concepts_source != "none").to(device)
     clip = train_cfg["clip_grad_value"]
 
     def train_epoch(model, optimizer, ctx) -> float:
@@ -141,6 +193,7 @@ def make_experiment(settings: dict, cache: dict, device: str) -> Experiment:
         optimizer_factory=lambda params: torch.optim.Adam(params, lr=train_cfg["lr"]),
         head=OUTPUT_LAYER_NAME,
         extra={"hist_parameters": parameter_count(model), "hidden_size": model_cfg["hidden_size"],
+               "concepts": concepts_source,
                "days": stats["days"], "stocks_per_day": stats["stocks_per_day"]})
 
 

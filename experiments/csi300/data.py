@@ -190,9 +190,11 @@ def assemble(frames: dict, stock_index: dict, concept_matrix: np.ndarray, market
         "stocks_per_day": {n: [int(c.min()), float(np.median(c)), int(c.max())] for n, c in stocks_per_day.items()},
         "unknown_stocks": sorted(unknown), "market_values_filled": filled, "market_value_train_mean": train_mean,
         "concepts": int(concept_matrix.shape[1]),
+        "stock_index_size": len(stock_index),
     }
     if unknown:
-        log.warning("csi300: %d stock codes are not in HIST's stock index and belong to no predefined "
+        # HIST's stock index, or (return_clusters) a training history too short to cluster
+        log.warning("csi300: %d stock codes have no row in the stock-to-concept index and belong to no predefined "
                     "concept: %s", len(unknown), ", ".join(sorted(unknown)[:10]))
     return {"format": CACHE_FORMAT, "concept_matrix": torch.from_numpy(concepts), "splits": splits,
             "stats": stats}
@@ -203,15 +205,17 @@ def load_prepared(path: Path, expected: dict, benchmark: str) -> dict:
     return load_prepared_cache(path, benchmark, CACHE_FORMAT, expected, canonical=_canonical)
 
 
-def cache_is_current(path: Path, expected: dict) -> bool:
-    """True when ``path`` is a readable cache made with the ``expected`` prepare settings (read lazily:
-    the real cache is over a gigabyte, and only its settings are looked at)."""
+def cache_is_current(path: Path, expected: dict, inputs_sha256: str | None = None) -> bool:
+    """True when ``path`` is a readable cache made with the ``expected`` prepare settings from the input files
+    of checksum ``inputs_sha256`` (None where the source has none; read lazily: the real cache is over a
+    gigabyte, and only its settings are looked at)."""
     try:
         cache = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # missing, truncated or foreign: prepare makes it again
         return False
     return (isinstance(cache, dict) and cache.get("format") == CACHE_FORMAT
-            and _canonical(cache.get("settings")) == _canonical(expected))
+            and _canonical(cache.get("settings")) == _canonical(expected)
+            and cache.get("inputs_sha256") == inputs_sha256)
 
 
 def _canonical(value) -> str:

@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 
 from ..grid import grid, seeds
 from ..plotting import candlestick_figure, save_figure_atomic
+from .concepts import describe
 
 PANELS = (("validation", ("original_val", "max_val")), ("test", ("original_test", "max_test")))
 
@@ -47,6 +48,6 @@ def draw_precision(ctx) -> Figure:
     fig = precision_figure(summary, list(dict.fromkeys(order)), chance=ctx.info.chance,
                            paper_best_run=ctx.settings.get("paper_best_run"), note=ctx.note(),
                            title=f"{ctx.benchmark}: HIST, first neuron cycle vs best validation epoch "
-                                 f"({ctx.profile} profile)")
+                                 f"({ctx.profile} profile)\n{describe(ctx.block['data'])}")
     save_figure_atomic(fig, ctx.path)
     return fig

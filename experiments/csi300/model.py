@@ -19,6 +19,11 @@ series x 60 days), the stocks' rows of the predefined stock-to-concept matrix, a
 4. Individual module: ``h`` minus both backcasts, ``fc_indi`` + LeakyReLU.
 5. The three forecast features are summed and ``fc_out`` maps the sum to one score per stock.
 
+``predefined_concepts=False`` is HIST's ablation without the predefined-concept module (its "HIST w/o
+predefined concepts"): step 2 and its three layers are left out, the hidden-concept module reads ``h``
+itself, the individual module ``h`` minus the hidden-concept backcast, and the output is ``fc_out`` of the
+two remaining forecasts (55,489 parameters at hidden size 64 instead of 67,969).
+
 Differences from the authors' code, none of which changes the function computed:
 
 * Their model also builds ``fc_out_es``, ``fc_out_is`` and ``fc_out_indi`` and computes per-module
@@ -82,18 +87,19 @@ class HIST(nn.Module):
     """HIST for one trading day: ``forward(x (N, 360), concepts (N, C), market_value (N,)) -> (N,)``."""
 
     def __init__(self, d_feat: int = FEATURE_SERIES, hidden_size: int = 64, num_layers: int = 2,
-                 dropout: float = 0.0, k_nearest: int = 1):
+                 dropout: float = 0.0, k_nearest: int = 1, predefined_concepts: bool = True):
         super().__init__()
         if k_nearest < 1:
             raise ValueError(f"k_nearest must be at least 1, got {k_nearest}")
         self.d_feat = d_feat
         self.k_nearest = k_nearest
+        self.has_predefined = predefined_concepts
         self.rnn = nn.GRU(input_size=d_feat, hidden_size=hidden_size, num_layers=num_layers,
                           batch_first=True, dropout=dropout)
-        # Predefined-concept module
-        self.fc_es = _xavier_linear(hidden_size)
-        self.fc_es_back = _xavier_linear(hidden_size)
-        self.fc_es_fore = _xavier_linear(hidden_size)
+        if predefined_concepts:  # Predefined-concept module
+            self.fc_es = _xavier_linear(hidden_size)
+            self.fc_es_back = _xavier_linear(hidden_size)
+            self.fc_es_fore = _xavier_linear(hidden_size)
         # Hidden-concept module
         self.fc_is = _xavier_linear(hidden_size)
         self.fc_is_back = _xavier_linear(hidden_size)
@@ -130,6 +136,9 @@ class HIST(nn.Module):
 
     def forward(self, x: torch.Tensor, concepts: torch.Tensor, market_value: torch.Tensor) -> torch.Tensor:
         h = self.encode(x)
+        if not self.has_predefined:  # HIST's ablation: no predefined concepts (their inputs are ignored)
+            is_back, is_out = self.hidden_concepts(h)
+            return self.fc_out(is_out + self.leaky_relu(self.fc_indi(h - is_back))).squeeze(-1)
         es_back, es_out = self.predefined_concepts(h, concepts, market_value)
         is_back, is_out = self.hidden_concepts(h - es_back)
         individual = self.leaky_relu(self.fc_indi(h - es_back - is_back))

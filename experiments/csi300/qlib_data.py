@@ -125,6 +125,27 @@ def alpha360_frames(provider_uri: Path, *, instruments: str, segments: dict, lab
     return frames
 
 
+def universe_features(provider_uri: Path, *, instruments: str, expression: str, start: str, end: str,
+                      members_only: bool, region: str = "cn", kernels: int | None = None):
+    """One qlib expression of the universe's stocks from ``start`` to ``end``: a Series indexed by
+    (datetime, instrument).
+
+    ``members_only``: only the days each stock is in the universe (its rows in the handler's frames);
+    otherwise every day of every stock that is a member at some time in the window."""
+    from qlib.data import D
+
+    check_bundle(provider_uri, instruments)
+    with qlib_session(provider_uri, region=region, kernels=kernels), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=Warning)
+        universe = D.instruments(instruments)
+        if not members_only:
+            universe = D.list_instruments(universe, start_time=start, end_time=end, as_list=True)
+        frame = D.features(universe, [expression], start_time=start, end_time=end, freq="day")
+    series = frame.iloc[:, 0].swaplevel().sort_index()
+    series.index = series.index.set_names(["datetime", "instrument"])
+    return series.astype("float64")
+
+
 def fetch_bundle(raw: RawFile, data_dir: Path) -> Path:
     """Fetcher of the raw folder ``raw.name``: qlib's CN daily bundle through qlib's own ``get_data``.
 

@@ -4,7 +4,7 @@ The runner records one score per epoch (Precision@1, the metric that selects). H
 rank IC and Precision@k for several k; those are computed here, after training, from each run's
 ``model.pt`` (the network of the run's best validation epoch, dendrites included), on the validation and
 test days. The declared table ``ranking_metrics`` (``results/<benchmark>/ranking_metrics.csv``) has one
-row per run and split.
+row per run and split; its ``concepts`` column says which predefined concepts the run used (``data.concepts``).
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def run_rows(settings: dict, run_folder: Path, cache: dict, device: str = "cpu")
     for name in REPORTED_SPLITS:
         split = DaySplit.from_cache(cache, name, device)
         rows.append({"variant": settings["variant"], **settings.get("factors", {}), "seed": settings["seed"],
-                     "split": name, "days": len(split), "params": pb_core.count_parameters(model),
+                     "concepts": settings["data"]["concepts"], "split": name, "days": len(split), "params": pb_core.count_parameters(model),
                      **split_metrics(model, split, ks)})
     return rows
 
@@ -75,7 +75,7 @@ def ranking_metrics_table(ctx) -> Path:
         log.info("csi300: ranking metrics of %s", folder)
     factor_names = [f.name for f in ctx.info.factors]
     ks = ctx.block["train"]["report_ks"]
-    columns = ["variant", *factor_names, "seed", "split", "days", "params",
+    columns = ["variant", *factor_names, "seed", "concepts", "split", "days", "params",
                *(f"precision_at_{k}" for k in ks), "ic", "rank_ic"]
     write_csv(ctx.path, rows, columns)
     return ctx.path
