@@ -50,7 +50,8 @@ from .grid import Run
 BASE_COLUMNS = ["benchmark", "variant"]
 RUN_COLUMNS = [
     "seed", "metric", "original_val", "original_test", "max_val", "max_test", "dendrites", "params",
-    "params_original", "epochs", "seconds", "improvement", "chance_level", "stopped_because", "profile",
+    "params_original", "epochs", "seconds", "improvement", "chance_level", "stopped_because",
+    "neuron_cycles_at_cap", "dendrite_phases_at_cap", "profile",
 ]
 SUMMARY_COLUMNS = BASE_COLUMNS + RUN_COLUMNS  # plus one column per factor after "variant", provenance at the end
 BY_DENDRITES_COLUMNS = ["cycle", "dendrites", "params", "epochs", "best_epoch", "val", "test"]
@@ -178,6 +179,8 @@ def load_summaries(run_dirs: list[Path], benchmark: str | None = None) -> pd.Dat
             "improvement": gain,
             "chance_level": bool(rec.get("chance_level", False)),
             "stopped_because": rec["stopped_because"],
+            **dict(zip(("neuron_cycles_at_cap", "dendrite_phases_at_cap"),
+                       cycles_at_cap(Path(run_dir), rec["stopped_because"]))),
             "profile": rec.get("profile", ""),
             **provenance_columns(rec.get("provenance")),
         })
@@ -191,6 +194,36 @@ def load_summaries(run_dirs: list[Path], benchmark: str | None = None) -> pd.Dat
     if df["benchmark"].nunique() > 1:
         raise ValueError(f"runs of several benchmarks mixed: {sorted(df['benchmark'].unique())}")
     return df.sort_values(["variant", *factor_names, "seed"], kind="stable").reset_index(drop=True)
+
+
+def cycles_at_cap(run_dir: Path, stopped_because: str) -> tuple[float, float]:
+    """(neuron cycles, dendrite phases) of a run that ended at a length limit instead of by their patience, from
+    its epochs.csv and the limits its config.json names (NaN, NaN when either file is missing).
+
+    The limits: ``max_cycle_epochs`` (either phase), ``cap_dendrite_phase`` (no dendrite phase longer than the
+    first neuron cycle) and ``max_total_epochs`` (it cuts the run's last cycle: ``stopped_because`` says so).
+    Fixed cycle lengths (``fixed_cycle_epochs``) are a protocol, not a cap, and a compute-matched control's
+    cycles copy its reference's: neither is counted. A cycle that reached its limit in the epoch its patience
+    ran out is counted as at the limit (the records cannot tell the two apart)."""
+    config, epochs = Path(run_dir) / "config.json", Path(run_dir) / "epochs.csv"
+    if not (config.is_file() and epochs.is_file()):
+        return math.nan, math.nan
+    pb = json.loads(config.read_text()).get("pb", {})
+    lengths: dict[int, list] = {}  # cycle -> [phase, epochs]
+    with open(epochs, newline="") as f:
+        for row in csv.DictReader(f):
+            lengths.setdefault(int(row["cycle"]), [row["phase"], 0])[1] += 1
+    order = sorted(lengths)
+    first = lengths[order[0]][1] if order else 0
+    cap = pb.get("max_cycle_epochs") if pb.get("fixed_cycle_epochs") is None else None
+    counts = {"neuron": 0, "dendrite": 0}
+    for i, cycle in enumerate(order):
+        phase, n = lengths[cycle]
+        at_cap = (cap is not None and n >= cap) \
+            or (phase == "dendrite" and pb.get("cap_dendrite_phase", False) and n >= first) \
+            or (i == len(order) - 1 and stopped_because == "max_total_epochs reached")
+        counts[phase] += int(at_cap)
+    return counts["neuron"], counts["dendrite"]
 
 
 def provenance_columns(provenance: dict | None) -> dict:

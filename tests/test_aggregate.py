@@ -354,3 +354,36 @@ def test_an_undefined_score_drops_its_pair_with_a_note():
                        "improvement": [0.2, np.nan, 0.4, 0.0, 0.0, 0.0]})
     row = comparison_table([(Side("pb", (), "improvement"), Side("baseline", (), "improvement"))], df).iloc[0]
     assert row.n == 2 and row.mean_diff == pytest.approx(0.3) and "dropped seeds [1]" in row.note
+
+
+def _cycles_run(tmp_path, lengths, pb):
+    """A run folder with epochs.csv of the given (phase, epochs) cycles and config.json's pb limits."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"pb": pb}))
+    rows = [f"{e},{c},{phase},0,0.9,0.8,0.8,0.1,,0.001,100,1.0"
+            for c, (phase, n) in enumerate(lengths) for e in range(n)]
+    (folder / "epochs.csv").write_text("epoch,cycle,phase,dendrites,train,val,test,loss,correlation,lr,params,seconds\n"
+                                       + "\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("lengths, pb, stopped, expected", [
+    # cap_dendrite_phase: a dendrite phase as long as the first neuron cycle (6) hit the cap; a shorter one did not
+    ([("neuron", 6), ("dendrite", 6), ("neuron", 4), ("dendrite", 3), ("neuron", 5)], {"cap_dendrite_phase": True},
+     "neuron cycle did not improve validation", (0, 1)),
+    # max_cycle_epochs 4: every cycle of 4 epochs, either phase
+    ([("neuron", 4), ("dendrite", 2), ("neuron", 4)], {"max_cycle_epochs": 4}, "max_dendrites reached", (2, 0)),
+    # fixed cycle lengths are the protocol, not a cap; max_total_epochs cut the last (dendrite) phase
+    ([("neuron", 5), ("dendrite", 5)], {"fixed_cycle_epochs": 5, "max_cycle_epochs": 5}, "max_total_epochs reached",
+     (0, 1)),
+    # by patience throughout
+    ([("neuron", 9), ("dendrite", 3), ("neuron", 7)], {"cap_dendrite_phase": False}, "max_dendrites reached", (0, 0)),
+])
+def test_cycles_at_cap_count_the_cycles_a_limit_ended(tmp_path, lengths, pb, stopped, expected):
+    assert aggregate.cycles_at_cap(_cycles_run(tmp_path, lengths, pb), stopped) == expected
+
+
+def test_cycles_at_cap_are_unknown_without_the_runs_settings(runs):
+    df = load_summaries(runs)
+    assert df["neuron_cycles_at_cap"].isna().all() and df["dendrite_phases_at_cap"].isna().all()

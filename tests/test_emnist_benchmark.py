@@ -114,6 +114,24 @@ def inputs_key(image: torch.Tensor) -> bytes:
     return image.reshape(-1).to(torch.float32).numpy().round(4).tobytes()
 
 
+def test_the_width_factor_builds_the_widened_cnn_and_width_1_is_the_default(tmp_path, cfg):
+    import pb_core
+    from experiments.emnist.model import MnistNet
+
+    default = settings_for(cfg, "baseline", 0)
+    assert default["factors"] == {}
+    torch.manual_seed(0)
+    plain = build(tmp_path, default).model
+    one = dict(default, factors={"width": 1})
+    torch.manual_seed(0)
+    at_one = build(tmp_path, one).model
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), at_one.state_dict().values()))
+    wide = build(tmp_path, dict(default, factors={"width": 2}))
+    assert pb_core.count_parameters(wide.model) == pb_core.count_parameters(MnistNet(width=2)) > \
+        pb_core.count_parameters(plain)
+    assert wide.extra["width"] == 2
+
+
 # ---------------------------------------------------------------------------------------------- augmentation
 class Recorder(nn.Module):
     """A trainable stand-in for the network that keeps every input it is given."""

@@ -53,3 +53,46 @@ def test_dropout_rates_are_the_examples_and_configurable():
     assert (model.dropout1.p, model.dropout2.p) == (0.25, 0.5)
     other = MnistNet(dropout_conv=0.1, dropout_fc=0.2)
     assert (other.dropout1.p, other.dropout2.p) == (0.1, 0.2)
+
+
+class ExampleNet(nn.Module):
+    """The PyTorch MNIST example's network as published (fixed sizes), with 47 outputs: the reference."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, 47)
+
+    def forward(self, x):
+        x = torch.flatten(self.dropout1(torch.max_pool2d(torch.relu(self.conv2(torch.relu(self.conv1(x)))), 2)), 1)
+        return self.fc2(self.dropout2(torch.relu(self.fc1(x))))
+
+
+def test_width_1_is_the_example_network_weight_for_weight_and_output_for_output():
+    torch.manual_seed(3)
+    reference = ExampleNet()
+    torch.manual_seed(3)
+    model = MnistNet(width=1)
+    ours, theirs = model.state_dict(), reference.state_dict()
+    assert list(ours) == list(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(model.eval()(x), reference.eval()(x))
+
+
+@pytest.mark.parametrize("width, sizes", [(2, (64, 128, 256)), (0.5, (16, 32, 64)), (1.3, (42, 83, 166))])
+def test_width_scales_both_convs_and_the_hidden_fc_rounded(width, sizes):
+    c1, c2, hidden = sizes
+    model = MnistNet(width=width)
+    by_hand = conv_params(1, c1, 3) + conv_params(c1, c2, 3) + linear_params(144 * c2, hidden) + linear_params(hidden, 47)
+    assert pb_core.count_parameters(model) == by_hand
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 47)
+
+
+def test_width_must_be_positive():
+    with pytest.raises(ValueError, match="width must be positive"):
+        MnistNet(width=0)

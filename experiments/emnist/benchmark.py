@@ -67,7 +67,8 @@ class EmnistBenchmark:
                   "test": blob["test_labels"][test_pos]}
         images = {k: v.to(device) for k, v in images.items()}
         labels = {k: v.to(device) for k, v in labels.items()}
-        model = MnistNet(len(blob["classes"]), **settings["model"]).to(device)
+        width = settings.get("factors", {}).get("width", 1)  # the grid factor; 1 is the example's network
+        model = MnistNet(len(blob["classes"]), **settings["model"], width=width).to(device)
         mean, std = train_cfg["normalize"]
         inputs = data.InputPipeline(mean, std, train_cfg["augment"])
         train_epoch, running_accuracy = make_train_epoch(images["train"], labels["train"], inputs,
@@ -88,7 +89,7 @@ class EmnistBenchmark:
             scheduler_factory=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1,
                                                                           gamma=train_cfg["gamma"]),
             head=HEAD,
-            extra={"data_source": data_cfg["source"], "split_seed": int(seed),
+            extra={"data_source": data_cfg["source"], "split_seed": int(seed), "width": width,
                    "split_digest": split_digest(blob["test_index"][val_pos]),
                    "train_images": len(images["train"]), "val_images": len(images["val"]),
                    "test_images": len(images["test"])})

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ..config import digest
 from ..errors import DataError
-from ..registry import BenchmarkInfo, Output, RawFile
+from ..registry import BenchmarkInfo, Factor, Output, RawFile
 
 # torchvision.datasets.EMNIST.url and .md5 (torchvision 0.29; tests/test_emnist_data.py checks they agree).
 ARCHIVE_URL = "https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip"
@@ -65,6 +65,10 @@ INFO = BenchmarkInfo(
     raw_files=raw_files,
     prepared_path=prepared_path,
     prepare_keys=("data",),
+    factors=(Factor("width", exclusive_minimum=0,
+                    description="multiplies the CNN's conv channels (32, 64) and fc1's hidden units (128), rounded; "
+                                "1 = the MNIST example's network (the parameter-matched `wider` control widens "
+                                "through it)"),),
     outputs=(
         Output("curve", "figure", "experiments.emnist.figures:draw_curve",
                caption="Figure 6: train, validation and test accuracy per epoch of one run; dendrite phases "

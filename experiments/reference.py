@@ -1,0 +1,276 @@
+"""Committed reference results: the small outputs of a finished profile, copied into the repository and checked.
+
+``python -m experiments reference tox21 --configfile config/evidence.yaml`` copies one benchmark's finished
+profile into ``reference/<profile>/<benchmark>/`` (``--to`` another folder), laid out as the profile's own
+``results/<benchmark>/`` is, so that the suite's aggregation reads it as it reads a results folder:
+
+* ``<variant>/<point>/``: every run of the grid's ``config.json``, ``provenance.json``, ``epochs.csv``,
+  ``cycles.csv``, ``correlations.csv`` and ``summary.json`` (never ``model.pt``, checkpoints or caches);
+* the benchmark's tables (``summary.csv``, ``stats.csv``, ``dendrite_counts.csv``, ``by_dendrites.csv``,
+  ``improvement.csv`` and its declared tables) and its rows of ``paper_comparison.csv``;
+* ``jobs.csv``: every Snakemake job of the benchmark with its benchmark record (wall ``s``, ``cpu_time``,
+  memory), from the ``.benchmark.tsv`` files under ``logs_dir``;
+* ``figures/``: the benchmark's figures as PNG;
+* ``profile.json``: the resolved configuration the runs were made with;
+* ``PROVENANCE.json``: the code (commit, dirty files) and machines (CPU, device, threads) of the runs, the
+  command that made them, the date of the export, and the jobs' wall and CPU time.
+
+The folder is written beside its destination and renamed into place: a failed export leaves the old one as it
+was. :func:`verify` recomputes the tables from the copied run records with the suite's own aggregation and
+lists every cell that differs (``tests/test_reference_results.py`` runs it on every committed folder).
+"""
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import math
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+from . import config as cfgmod
+from .errors import UserError
+from .grid import grid, run_dir
+
+REFERENCE_DIR = cfgmod.REPO_ROOT / "reference"
+RUN_RECORDS = ("config.json", "provenance.json", "epochs.csv", "cycles.csv", "correlations.csv", "summary.json")
+TABLE_SUFFIXES = (".csv", ".md")
+PROFILE_FILE = "profile.json"
+PROVENANCE_FILE = "PROVENANCE.json"
+JOBS_FILE = "jobs.csv"
+PAPER_FILE = "paper_comparison.csv"
+#: The aggregate step's tables that verify recomputes (the declared tables need the data or a timing job).
+CHECKED_TABLES = ("summary", "stats", "dendrite_counts", "by_dendrites", "improvement")
+RTOL = 1e-9
+
+
+def default_destination(cfg: dict, benchmark: str) -> Path:
+    return REFERENCE_DIR / cfg["profile"] / benchmark
+
+
+def export(cfg: dict, benchmark: str, destination: Path | None = None, run_command: str | None = None,
+           argv: list[str] | None = None) -> Path:
+    """Copy the finished profile's small outputs of ``benchmark`` into ``destination`` (atomically); its path.
+
+    Every run of the grid must be finished and the aggregate tables made; otherwise a UserError lists what is
+    missing (nothing is written)."""
+    cfgmod.benchmark_block(cfg, benchmark)  # an unknown benchmark is a ConfigError naming the configured ones
+    destination = Path(destination) if destination is not None else default_destination(cfg, benchmark)
+    if destination.name != benchmark:  # the folder is read as <results>/<benchmark>/ (run folders check it)
+        raise UserError(f"--to {destination}: the folder must be named after the benchmark ({benchmark})")
+    results = Path(cfg["results_dir"]) / benchmark
+    runs = grid(cfg, benchmark)
+    unfinished = [r for r in runs if not (run_dir(cfg["results_dir"], r) / "summary.json").is_file()]
+    if unfinished:
+        shown = ", ".join(r.label for r in unfinished[:5]) + (" ..." if len(unfinished) > 5 else "")
+        raise UserError(f"{benchmark}: {len(unfinished)} of {len(runs)} runs of the profile {cfg['profile']!r} are "
+                        f"not finished ({shown}); finish the profile first (its snakemake command resumes it)")
+    missing = [f"{name}.csv" for name in CHECKED_TABLES if not (results / f"{name}.csv").is_file()]
+    if missing:
+        raise UserError(f"{results} lacks {missing}; make them first: python -m experiments aggregate {benchmark} "
+                        f"(same --configfile/--set)")
+    scratch = destination.parent / f".{destination.name}.tmp-{os.getpid()}"
+    staging = scratch / benchmark
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        staging.mkdir(parents=True)
+        for run in runs:
+            source, target = run_dir(cfg["results_dir"], run), staging / run.variant / run.point
+            target.mkdir(parents=True)
+            for name in RUN_RECORDS:
+                if (source / name).is_file():
+                    shutil.copy2(source / name, target / name)
+        for path in sorted(results.iterdir()):
+            if path.is_file() and path.suffix in TABLE_SUFFIXES:
+                shutil.copy2(path, staging / path.name)
+        _write_paper_rows(cfg, benchmark, staging / PAPER_FILE)
+        jobs = job_records(cfg, benchmark)
+        _write_jobs(jobs, staging / JOBS_FILE)
+        figures = sorted(Path(cfg["figures_dir"]).glob(f"{benchmark}_*.png"))
+        if figures:
+            (staging / "figures").mkdir()
+            for path in figures:
+                shutil.copy2(path, staging / "figures" / path.name)
+        (staging / PROFILE_FILE).write_text(cfgmod.canonical_json(cfg) + "\n")
+        provenance = export_provenance(cfg, benchmark, runs, jobs, run_command, argv)
+        (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+        problems = verify(staging)
+        if problems:
+            raise UserError(f"{results}: its tables do not follow from its run records (aggregate again first):\n  "
+                            + "\n  ".join(problems[:20]))
+        _swap_into_place(staging, destination)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return destination
+
+
+def _swap_into_place(staging: Path, destination: Path) -> None:
+    old = destination.parent / f".{destination.name}.old-{os.getpid()}"
+    if destination.exists():
+        os.replace(destination, old)
+    os.replace(staging, destination)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_paper_rows(cfg: dict, benchmark: str, path: Path) -> None:
+    from .aggregate import write_csv_atomic
+    from .paper import paper_comparison
+
+    only = {**cfg, "benchmarks": {benchmark: cfg["benchmarks"][benchmark]}}
+    write_csv_atomic(paper_comparison(only), path)
+
+
+# ---------------------------------------------------------------------------------------------- jobs
+def _belongs(cfg: dict, benchmark: str, rule: str, job: str) -> bool:
+    if rule == "prepare":
+        prepared = cfgmod.prepared_path(cfg, benchmark).relative_to(cfg["cache_dir"])
+        return job == str(prepared)
+    return job == benchmark or job.startswith((f"{benchmark}/", f"{benchmark}_"))
+
+
+def job_records(cfg: dict, benchmark: str) -> list[dict]:
+    """Every Snakemake benchmark record (``logs/<rule>/<job>.benchmark.tsv``) of this benchmark's jobs, with
+    the file's time (when the job ended) as ``ended``. Only the last line of a record counts (a retried job's
+    file holds its last attempt)."""
+    logs = Path(cfg["logs_dir"])
+    rows = []
+    for path in sorted(logs.rglob("*.benchmark.tsv")):
+        rel = path.relative_to(logs)
+        rule, job = rel.parts[0], str(Path(*rel.parts[1:]))[:-len(".benchmark.tsv")]
+        if not _belongs(cfg, benchmark, rule, job):
+            continue
+        with open(path, newline="") as f:
+            lines = list(csv.DictReader(f, delimiter="\t"))
+        if not lines:
+            continue
+        ended = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc)
+        rows.append({"rule": rule, "job": job, **lines[-1], "ended": ended.isoformat(timespec="seconds")})
+    return rows
+
+
+def _write_jobs(rows: list[dict], path: Path) -> None:
+    columns = list(dict.fromkeys(k for row in rows for k in row)) or ["rule", "job", "s", "cpu_time", "ended"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path.write_text(buffer.getvalue())
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+# ---------------------------------------------------------------------------------------------- provenance
+def export_provenance(cfg: dict, benchmark: str, runs, jobs: list[dict], run_command: str | None,
+                      argv: list[str] | None) -> dict:
+    """What made the copied results: code, machines, command, date, wall and CPU time (see the module doc)."""
+    from .provenance import code_version
+
+    sessions = []
+    for run in runs:
+        path = run_dir(cfg["results_dir"], run) / "provenance.json"
+        if path.is_file():
+            sessions += json.loads(path.read_text()).get("sessions", [])
+    commits = sorted({(s["code"].get("commit") or "unknown", bool(s["code"].get("dirty"))) for s in sessions})
+    machines = sorted({json.dumps({"cpu": s["cpu"].get("model"), "logical_cpus": s["cpu"].get("logical_cpus"),
+                                   "platform": s.get("platform", {}), "device": s.get("device", {}).get("name")
+                                   or s.get("device", {}).get("type"), "threads": s.get("threads", {}).get("torch")},
+                                  sort_keys=True) for s in sessions})
+    wall = [_number(j.get("s")) for j in jobs]
+    cpu = [_number(j.get("cpu_time")) for j in jobs]
+    starts = [dt.datetime.fromisoformat(j["ended"]) - dt.timedelta(seconds=w) for j, w in zip(jobs, wall)
+              if math.isfinite(w)]
+    ends = [dt.datetime.fromisoformat(j["ended"]) for j in jobs]
+    return {
+        "profile": cfg["profile"],
+        "benchmark": benchmark,
+        "exported": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "export_command": shlex.join(["python", "-m", "experiments", *(argv if argv is not None else sys.argv[1:])]),
+        "run_command": run_command or "not given (python -m experiments reference ... --run-command '...')",
+        "export_code": code_version(),
+        "runs": len(runs),
+        "run_code": [{"commit": c, "dirty": d} for c, d in commits],
+        "machines": [json.loads(m) for m in machines],
+        "jobs": len(jobs),
+        "jobs_by_rule": {rule: sum(1 for j in jobs if j["rule"] == rule) for rule in sorted({j["rule"] for j in jobs})},
+        "cpu_seconds": round(sum(c for c in cpu if math.isfinite(c)), 2),
+        "wall_seconds_summed_over_jobs": round(sum(w for w in wall if math.isfinite(w)), 2),
+        # from the first job's start to the last job's end, by the records' file times: the elapsed time of the
+        # profile for this benchmark when it ran in one go (a pause between sessions counts too)
+        "first_job_started": min(starts).isoformat(timespec="seconds") if starts else None,
+        "last_job_ended": max(ends).isoformat(timespec="seconds") if ends else None,
+        "elapsed_seconds": round((max(ends) - min(starts)).total_seconds(), 1) if starts else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- verify
+def recomputed_tables(folder: Path) -> dict:
+    """The aggregate tables recomputed from the run records of a reference folder (or a results folder that
+    holds ``profile.json``), with the suite's own aggregation."""
+    from .pipeline import aggregate_tables
+
+    folder = Path(folder)
+    cfg = json.loads((folder / PROFILE_FILE).read_text())
+    benchmark = folder.name
+    cfg = {**cfg, "results_dir": str(folder.parent)}
+    return aggregate_tables(cfg, benchmark)
+
+
+def verify(folder: Path) -> list[str]:
+    """Every difference between a reference folder's committed tables and the tables recomputed from its
+    run records (an empty list: they agree)."""
+    from .errors import UserError as _UserError
+
+    folder = Path(folder)
+    for name in (PROFILE_FILE, PROVENANCE_FILE):
+        if not (folder / name).is_file():
+            return [f"{folder / name} is missing: not a reference folder (python -m experiments reference ...)"]
+    try:
+        tables = recomputed_tables(folder)
+    except (_UserError, ValueError) as exc:
+        return [f"{folder}: the run records cannot be aggregated: {exc}"]
+    problems = []
+    for name in CHECKED_TABLES:
+        problems += compare_table(folder / f"{name}.csv", tables[name])
+    return problems
+
+
+def compare_table(path: Path, recomputed) -> list[str]:
+    """Differences between the CSV at ``path`` and the DataFrame ``recomputed`` (both read as CSV: numbers to a
+    relative tolerance of ``RTOL``, everything else exactly, NaN equal to NaN)."""
+    import numpy as np
+    import pandas as pd
+
+    if not path.is_file():
+        return [f"{path} is missing"]
+    committed = pd.read_csv(path)
+    fresh = pd.read_csv(io.StringIO(recomputed.to_csv(index=False)))
+    if list(committed.columns) != list(fresh.columns):
+        return [f"{path}: columns {list(committed.columns)} != recomputed {list(fresh.columns)}"]
+    if len(committed) != len(fresh):
+        return [f"{path}: {len(committed)} rows != recomputed {len(fresh)}"]
+    problems = []
+    for column in committed.columns:
+        a, b = committed[column], fresh[column]
+        if pd.api.types.is_numeric_dtype(a) and pd.api.types.is_numeric_dtype(b):
+            x, y = a.to_numpy(dtype=float), b.to_numpy(dtype=float)
+            same = np.isclose(x, y, rtol=RTOL, atol=0.0) | (np.isnan(x) & np.isnan(y))
+        else:
+            same = (a.astype(str) == b.astype(str)).to_numpy() | (a.isna() & b.isna()).to_numpy()
+        for row in np.flatnonzero(~same)[:5]:
+            problems.append(f"{path.name} row {row + 2} column {column!r}: committed {a.iloc[row]!r}, "
+                            f"recomputed from the run records {b.iloc[row]!r}")
+    return problems
+
+
+def reference_folders(root: Path = REFERENCE_DIR, profile: str = "evidence") -> list[Path]:
+    """The benchmark folders of a profile under ``reference/`` (each holds a PROVENANCE.json)."""
+    return sorted(p.parent for p in (Path(root) / profile).glob(f"*/{PROVENANCE_FILE}"))
