@@ -3,7 +3,7 @@
 #   snakemake --cores 1 figures/tox21_auc.pdf                                      # paper protocol
 #   snakemake --cores 2 --configfile config/quick.yaml -- figures/quick/tox21_auc.pdf   # quick profile
 #   snakemake --cores 1 all                                                         # every benchmark's outputs
-#   snakemake --cores 16 --resources gpu_slots=4 --config device=cuda ...           # 4 runs share one GPU
+#   snakemake --cores 16 --resources gpu_slots=4 --config device=cuda -- all        # 4 runs share one GPU
 #   snakemake --report report.html                                                  # figures with captions
 #
 # Wildcards: benchmark (a configured name: lower-case letters and digits), variant, point (the run's factor
@@ -14,7 +14,11 @@
 # * A run reruns only when its own settings change (params `settings`: what the run reads, nothing else; a
 #   pb-only key never retrains a baseline). Rules are shell commands of `python -m experiments`, so editing
 #   the package's code never silently retrains 50 seeds; after a fix that changes results, ask for it with
-#   --forcerun train (or -R train): a finished run is then trained again from scratch.
+#   --forcerun train (or -R train): a finished run is then trained again from its first cycle;
+#   --forcerun first_cycle train: from scratch.
+# * Every variant of a seed starts from one shared first neuron cycle (rule first_cycle, in its own folder
+#   results/<benchmark>/first_cycle/<point>/<key>/; `baseline` is that cycle and its end): forcing one variant
+#   never retrains the cycle, and a retrained cycle retrains every run that starts from it.
 # * Raw data is never a rule's output once it exists: the download rules only match files missing from
 #   data_dir when the workflow is parsed, so a user's own copy (even with --forceall) is never touched.
 # * Parsing reads only light metadata (experiments/<package>/meta.py): no torch, RDKit, PyG or qlib import.

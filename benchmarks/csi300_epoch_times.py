@@ -30,6 +30,7 @@ import argparse
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -44,7 +45,7 @@ from experiments.csi300.benchmark import make_experiment  # noqa: E402
 from experiments.csi300.model import parameter_count  # noqa: E402
 from experiments.grid import Run  # noqa: E402
 from experiments.registry import EpochContext  # noqa: E402
-from experiments.runner import CANDIDATE_KEYS  # noqa: E402
+from experiments.runner import method_settings  # noqa: E402
 
 PAPER_TRAIN_DAYS, PAPER_SCORED_DAYS = 1_940, 3_400  # 2007-2014 trained; 2007-2020 scored every epoch
 CONFIGURATIONS = (("baseline", "baseline", 0, "neuron"), ("pb dendrite K=0", "pb", 0, "dendrite"),
@@ -77,10 +78,10 @@ def build(cfg: dict, cache: dict, device: str, variant: str, k: int, phase: str,
     settings = cfgmod.run_settings(cfg, Run("csi300", variant, 0))
     torch.manual_seed(0)
     exp = make_experiment(settings, cache, device)
-    pb = settings["pb"]  # the keys this variant reads, pb_defaults merged with the benchmark's block
-    extra = {key: pb[key] for key in CANDIDATE_KEYS if key in pb}
-    ctl = pb_core.CycleController(exp.model, variant, optimizer_factory=exp.optimizer_factory, head=exp.head,
-                                  candidates=candidates or pb.get("candidates"), **extra)
+    method = method_settings(settings, exp)  # the run's pb settings, as the runner builds them
+    if candidates:
+        method = replace(method, candidate_training=replace(method.candidate_training, count=candidates))
+    ctl = pb_core.CycleController(exp.model, variant, optimizer_factory=exp.optimizer_factory, **method.keywords())
     ctl.stage(k, phase)  # K dendrites, the phase's candidates, flags, perforation and optimizer, as in a run
     return exp, ctl
 

@@ -47,7 +47,7 @@ from experiments.emnist import data  # noqa: E402
 from experiments.emnist.benchmark import BENCHMARK, CACHE_FORMAT, prepare_settings  # noqa: E402
 from experiments.grid import Run  # noqa: E402
 from experiments.registry import EpochContext  # noqa: E402
-from experiments.runner import CANDIDATE_KEYS  # noqa: E402
+from experiments.runner import method_settings  # noqa: E402
 from pb_core.records import atomic_torch_save  # noqa: E402
 
 FULL_TRAIN, FULL_TEST = data.OFFICIAL_SIZES["train"], data.OFFICIAL_SIZES["test"]
@@ -86,11 +86,9 @@ def build(cfg: dict, cache: Path, device: str, variant: str, k: int, phase: str)
     settings = cfgmod.run_settings(cfg, Run("emnist", variant, 0))
     torch.manual_seed(0)
     exp = BENCHMARK.build(settings, cache, device)
-    pb = settings["pb"]  # the keys this variant reads (pb_defaults + the emnist block), passed as the runner does
+    method = method_settings(settings, exp)  # the run's pb settings (pb_defaults + the emnist block), as the runner builds them
     ctl = pb_core.CycleController(exp.model, variant, optimizer_factory=exp.optimizer_factory,
-                                  scheduler_factory=exp.scheduler_factory, head=exp.head,
-                                  candidates=pb.get("candidates"), activation=pb.get("activation", "sigmoid"),
-                                  **{key: pb[key] for key in CANDIDATE_KEYS if key in pb})
+                                  scheduler_factory=exp.scheduler_factory, **method.keywords())
     # K dendrites with non-zero u; in a dendrite phase the configured candidates per neuron (pb.candidates;
     # gd_dendrites: 1); the controller's own flags, perforation and optimizer, as in a run
     ctl.stage(k, phase)

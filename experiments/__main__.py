@@ -9,6 +9,7 @@
     python -m experiments output tox21 auc                             # a declared figure or table
     python -m experiments compare                                      # results/paper_comparison.csv
     python -m experiments budget                                       # results/compute_budget.csv
+    python -m experiments reference tox21 --configfile config/evidence.yaml   # reference/evidence/tox21/
 
 Every command reads config/config.yaml and config/benchmarks/*.yaml, then the files given with --configfile,
 then --set key=value overrides (or, from the Snakefile, the whole resolved configuration with
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a factor value of the run, e.g. --factor width=0.125 (one per configured factor)")
     run.add_argument("--point", help="the run's folder name instead of --seed/--factor, e.g. width0.125-seed3")
     run.add_argument("--threads", type=int, help="CPU threads for torch (default: torch_threads of the config)")
+    run.add_argument("--first-cycle-only", action="store_true",
+                     help="train only the shared first cycle the run starts from (the pipeline's first_cycle job)")
     run.add_argument("--attempt", type=int, default=1,
                      help="Snakemake's attempt number: a retry (> 1) keeps a run that finished in a job counted as failed")
     _common(sub.add_parser("grid", help="list every run of the benchmark's grid, with its folder"))
@@ -68,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                                            "ours, and the controls the paper lacks"), benchmark=False)
     _common(sub.add_parser("budget", help="results/compute_budget.csv: device-hours of the paper protocol from "
                                           "the runs done"), benchmark=False)
+    reference = sub.add_parser("reference", help="copy a finished profile's small outputs (run records, tables, "
+                                                 "job times, PNG figures, provenance) into reference/<profile>/<benchmark>/")
+    _common(reference)
+    reference.add_argument("--to", metavar="DIR", help="the folder to write (default reference/<profile>/<benchmark>)")
+    reference.add_argument("--run-command", metavar="TEXT", help="the command that made the results (recorded)")
     return parser
 
 
@@ -100,6 +108,7 @@ def _run(cfg: dict, args):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
@@ -111,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
             apply_reproducible_cpu()  # before torch loads: the settings only act then
         if args.command == "run":
             run = _run(cfg, args)
-            from .runner import train
-            train(cfg, run, threads=args.threads, attempt=args.attempt)
+            from .runner import train, train_first_cycle
+            if args.first_cycle_only:
+                train_first_cycle(cfg, run, threads=args.threads)
+            else:
+                train(cfg, run, threads=args.threads, attempt=args.attempt)
         elif args.command == "grid":
             from .grid import grid, run_dir
             for run in grid(cfg, args.benchmark):
@@ -129,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "output":
             from .outputs import make_output
             make_output(cfg, args.benchmark, args.name, threads=args.threads)
+        elif args.command == "reference":
+            from .reference import export
+            print(f"wrote {export(cfg, args.benchmark, args.to, args.run_command, argv)}", file=sys.stderr)
         elif args.command in ("compare", "budget"):
             from pathlib import Path
 

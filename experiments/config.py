@@ -15,10 +15,13 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from pb_core.records import FIRST_CYCLE_FILE
+from pb_core.settings import CandidateTraining, PBSettings, PhaseEnd, Placement, RunEnd, SwitchPolicy
 from pb_core.variants import get_variant
 
+from . import widen
 from .errors import ConfigError
-from .grid import Run, factor_values, format_value
+from .grid import Run, factor_values, first_cycle_dir, format_value
 from .registry import get_info, package_of
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -44,10 +47,51 @@ COVARIANCE_PB_KEYS = ("candidates", "dendrite_improvement", "dendrite_noise_alph
                       "candidate_snapshot", "candidate_selection")
 
 
+# `pb` keys of candidate training -> their CandidateTraining field.
+CANDIDATE_FIELDS = {"candidate_init": "init", "candidate_init_std": "init_std", "candidate_objective": "objective",
+                    "candidate_snapshot": "snapshot", "candidate_selection": "selection",
+                    "candidate_optimizer": "optimizer"}
+
+
+def pb_settings(pb: dict, baseline_cycles: list[int] | None = None) -> PBSettings:
+    """pb_core's settings (one frozen, self-checking group per job) from a `pb` block of the configuration.
+
+    The block's keys are the user's (config/config.yaml documents them). A key it lacks (a run's settings hold
+    only the keys its variant reads, see :func:`pb_keys_used`) keeps the value runs have always had for it:
+    patience 1 and thresholds 0 for a neuron cycle, the dendrite phase's rule the neuron one's, and pb_core's
+    defaults for the rest. ``baseline_cycles``: a compute-matched control's cycle lengths.
+    """
+    def switch(patience):
+        return SwitchPolicy(patience=patience, fixed_epochs=pb.get("fixed_cycle_epochs"),
+                            max_epochs=pb.get("max_cycle_epochs"), rel_threshold=pb.get("rel_threshold", 0.0),
+                            abs_threshold=pb.get("abs_threshold", 0.0))
+
+    noise = {"noise_alpha": pb["dendrite_noise_alpha"]} if "dendrite_noise_alpha" in pb else {}
+    return PBSettings(
+        placement=Placement(layers=pb.get("layers"), activation=pb.get("activation", "sigmoid")),
+        candidate_training=CandidateTraining(count=pb.get("candidates"),
+                                             **{f: pb[k] for k, f in CANDIDATE_FIELDS.items() if k in pb}),
+        phase_end=PhaseEnd(neuron=switch(pb.get("neuron_patience", 1)),
+                           dendrite=switch(pb["dendrite_patience"]) if "dendrite_patience" in pb else None,
+                           cap_dendrite_phase=pb.get("cap_dendrite_phase", False),
+                           improvement=pb.get("dendrite_improvement", "neuron"), **noise),
+        run_end=RunEnd(max_dendrites=pb.get("max_dendrites"),
+                       stop_on_no_improvement=pb.get("stop_on_no_improvement", True),
+                       max_total_epochs=pb.get("max_total_epochs"), baseline_cycles=baseline_cycles))
+
+
+def pb_defaults(cfg: dict) -> PBSettings:
+    """The configuration's ``pb_defaults`` as the settings every benchmark's `pb` block starts from."""
+    return pb_settings(cfg["pb_defaults"])
+
+
 def pb_keys_used(variant: str) -> tuple[str, ...]:
-    """The `pb` keys a variant's training reads (``baseline_matched`` copies its schedule: none)."""
+    """The `pb` keys a variant's training reads (``baseline_matched`` copies its schedule: none; ``wider`` is a
+    plain network trained as the baseline: a neuron cycle's)."""
     if variant == "baseline_matched":
         return ()
+    if variant == widen.VARIANT:
+        return NEURON_PB_KEYS
     v = get_variant(variant)
     keys = NEURON_PB_KEYS
     if v.has_dendrites:
@@ -149,6 +193,7 @@ def _block_errors(name: str, block: dict, pb_schema: dict) -> list[str]:
         return [f"  {where}.package: {exc}"]
     package_schema = _package_schema(info.package)
     problems = _schema_errors(package_schema, {k: block[k] for k in PACKAGE_KEYS if k in block}, where)
+    problems += _pb_errors(block["pb"], f"{where}.pb")
     try:
         values = factor_values({"benchmarks": {name: block}}, name)
     except ConfigError as exc:
@@ -169,9 +214,26 @@ def _block_errors(name: str, block: dict, pb_schema: dict) -> list[str]:
     if "baseline_matched" in block["variants"] and block["matched_to"] not in block["variants"]:
         problems.append(f"  {where}.matched_to: baseline_matched copies the schedule of {block['matched_to']!r}, "
                         f"which is not among the variants {block['variants']}")
+    if widen.VARIANT in block["variants"]:
+        if block["matched_to"] not in block["variants"]:
+            problems.append(f"  {where}.matched_to: {widen.VARIANT} matches the parameters of {block['matched_to']!r}, "
+                            f"which is not among the variants {block['variants']}")
+        try:
+            widen.check_configurable(info, f"{where}.variants")
+        except ConfigError as exc:
+            problems.append(f"  {exc}")
     if block["matched_to"] in ("baseline", "baseline_matched"):
         problems.append(f"  {where}.matched_to: must be a variant with dendrites, not {block['matched_to']!r}")
     return problems
+
+
+def _pb_errors(pb: dict, where: str) -> list[str]:
+    """What pb_core's settings refuse in a `pb` block that fits the schema (e.g. a run that would never end)."""
+    try:
+        pb_settings(pb)
+    except ValueError as exc:
+        return [f"  {where}: {exc}"]
+    return []
 
 
 def _override_errors(block: dict, override: dict, where: str, package_schema: dict, pb_schema: dict) -> list[str]:
@@ -179,6 +241,8 @@ def _override_errors(block: dict, override: dict, where: str, package_schema: di
     merged = deep_merge({k: block[k] for k in ("model", "train", "pb")},
                         {k: v for k, v in override.items() if k in ("model", "train", "pb")})
     problems = _schema_errors(pb_schema, merged["pb"], f"{where}.pb")
+    if not problems:
+        problems = _pb_errors(merged["pb"], f"{where}.pb")
     problems += _schema_errors({**package_schema, "required": []},
                                {k: merged[k] for k in ("model", "train")}, where)
     return problems
@@ -190,6 +254,7 @@ def validate(cfg: dict, source: str = "configuration") -> dict:
     schema = _load_schema(SCHEMA_PATH)
     problems = _schema_errors(schema, cfg, "")
     if not problems:
+        problems += _pb_errors(cfg["pb_defaults"], "pb_defaults")
         pb_schema = {**schema["$defs"]["pb"], "$defs": schema["$defs"]}
         for name, block in cfg["benchmarks"].items():
             problems += _block_errors(name, block, pb_schema)
@@ -279,9 +344,40 @@ def run_settings(cfg: dict, run: Run) -> dict:
            "seed": run.seed, "factors": run.factor_dict, **settings}
     if cfg["reproducible_cpu"]:  # other kernels, other numbers: never resumed or reused across the switch
         out["reproducible_cpu"] = True
-    if run.variant == "baseline_matched":
+    if run.variant in ("baseline_matched", widen.VARIANT):
         out["matched_to"] = block["matched_to"]
     return out
+
+
+def first_cycle_settings(cfg: dict, run: Run) -> dict:
+    """What the run's first neuron cycle reads, and nothing else: two runs share one first cycle (trained once,
+    in its own folder, see :func:`first_cycle_path`) exactly when these are equal.
+
+    That is the run's settings with the `pb` keys of a neuron cycle only. Every pb_core variant trains the
+    plain network in its first cycle (its wrapped layers have no dendrite yet and compute exactly as the
+    plain ones), so its variant there is ``baseline``; a variant the runner defines trains its own network
+    (its name stays, so a widened network, say, gets a first cycle of its own). ``baseline_matched``'s first
+    cycle is its reference's, cut to the same length (the runner checks the length before it forks).
+    """
+    source = run.with_variant(benchmark_block(cfg, run.benchmark)["matched_to"]) \
+        if run.variant == "baseline_matched" else run
+    settings = run_settings(cfg, source)
+    settings["pb"] = {k: v for k, v in settings["pb"].items() if k in NEURON_PB_KEYS}
+    try:
+        get_variant(source.variant)
+        settings["variant"] = "baseline"
+    except ValueError:
+        pass
+    return settings
+
+
+def first_cycle_key(cfg: dict, run: Run) -> str:
+    return digest(first_cycle_settings(cfg, run), 10)
+
+
+def first_cycle_path(cfg: dict, run: Run) -> Path:
+    """The file of the shared first cycle that ``run`` starts from."""
+    return first_cycle_dir(cfg["results_dir"], run, first_cycle_key(cfg, run)) / FIRST_CYCLE_FILE
 
 
 def prepare_settings(cfg: dict, benchmark: str) -> dict:

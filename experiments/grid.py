@@ -61,6 +61,15 @@ def run_dir(results_dir: str | Path, run: Run) -> Path:
     return Path(results_dir) / run.benchmark / run.variant / run.point
 
 
+# Shared first neuron cycles live beside the variants' folders: <results_dir>/<benchmark>/first_cycle/<point>/<key>/,
+# the key naming the settings the cycle read (config.first_cycle_key); never a variant's name.
+FIRST_CYCLE = "first_cycle"
+
+
+def first_cycle_dir(results_dir: str | Path, run: Run, key: str) -> Path:
+    return Path(results_dir) / run.benchmark / FIRST_CYCLE / run.point / key
+
+
 def parse_point(cfg: dict, benchmark: str, point: str) -> tuple[tuple[tuple[str, Any], ...], int]:
     """The inverse of :attr:`Run.point` for a configured benchmark: (factors, seed)."""
     names = [f.name for f in get_info(cfg, benchmark).factors if f.name in factor_values(cfg, benchmark)]

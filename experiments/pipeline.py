@@ -31,7 +31,7 @@ def download(cfg: dict, benchmark: str, only: str | None = None) -> list[Path]:
             if not path.exists():
                 if not cfg["download"]:
                     raise UserError(f"{path} is missing and downloading is switched off (download: false); "
-                                    f"fetch it as the README says for {benchmark}, or set download: true")
+                                    f"fetch it as docs/{benchmark}.md says, or set download: true")
                 resolve(raw.fetcher)(raw, data_dir)
             paths.append(path)
         else:
@@ -52,25 +52,31 @@ def aggregate_paths(cfg: dict, benchmark: str) -> dict[str, Path]:
     return {name: results / f"{name}.csv" for name in AGGREGATE_TABLES}
 
 
-def aggregate(cfg: dict, benchmark: str) -> dict[str, Path]:
-    """The benchmark's tables from its finished runs: summary.csv (one row per run), dendrite_counts.csv
-    (the paper's Table 1), by_dendrites.csv (each neuron cycle's scores), improvement.csv (per variant and
-    factor values) and stats.csv (the configured comparisons, paired by factor values and seed)."""
+def aggregate_tables(cfg: dict, benchmark: str) -> dict:
+    """The benchmark's aggregate tables (DataFrames by name) from the finished runs of its grid in results_dir
+    (what :func:`aggregate` writes; experiments/reference.py recomputes committed results with it)."""
     block = cfgmod.benchmark_block(cfg, benchmark)
     run_dirs = [run_dir(cfg["results_dir"], r) for r in grid(cfg, benchmark)]
     df = load_summaries(run_dirs, benchmark=benchmark)
-    out = aggregate_paths(cfg, benchmark)
     cycles = by_dendrites(run_dirs)
     factors = [f.name for f in get_info(cfg, benchmark).factors if f.name in df.columns]
     try:
         table = comparison_table(configured_comparisons(block, df, factors), df, cycles, seed=0)
     except ValueError as exc:  # e.g. a seed finished for one variant only
         raise UserError(f"{benchmark} statistics: {exc}") from None
-    write_csv_atomic(df, out["summary"])
-    write_csv_atomic(dendrite_counts(df), out["dendrite_counts"])
-    write_csv_atomic(cycles, out["by_dendrites"])
-    write_csv_atomic(improvement_summary(df), out["improvement"])
-    write_csv_atomic(table, out["stats"])
+    return {"summary": df, "dendrite_counts": dendrite_counts(df), "by_dendrites": cycles,
+            "improvement": improvement_summary(df), "stats": table}
+
+
+def aggregate(cfg: dict, benchmark: str) -> dict[str, Path]:
+    """The benchmark's tables from its finished runs: summary.csv (one row per run), dendrite_counts.csv
+    (the paper's Table 1), by_dendrites.csv (each neuron cycle's scores), improvement.csv (per variant and
+    factor values) and stats.csv (the configured comparisons, paired by factor values and seed)."""
+    tables = aggregate_tables(cfg, benchmark)
+    df = tables["summary"]
+    out = aggregate_paths(cfg, benchmark)
+    for name in ("summary", "dendrite_counts", "by_dendrites", "improvement", "stats"):
+        write_csv_atomic(tables[name], out[name])
     flagged = df[df["chance_level"]]
     if len(flagged):
         log.warning("%s: %d run(s) never left chance level (column chance_level): %s", benchmark, len(flagged),

@@ -84,7 +84,7 @@ def reproducible_cpu_env() -> dict[str, str]:
 
     They pin MKL and ATen to code that every x86-64 CPU runs alike. Identical results also need the
     same torch build, the same thread count (``torch_threads``: TrimNet's results change between 1 and
-    2 threads even so) and the same data; they cost speed (see the benchmarks README).
+    2 threads even so) and the same data; they cost speed (see docs/reproducibility.md).
     """
     return dict(_REPRODUCIBLE_CPU_ENV)
 

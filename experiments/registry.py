@@ -14,7 +14,7 @@ A benchmark is a package ``experiments/<package>/`` with two modules:
 A configured benchmark is a block under ``benchmarks:`` in the configuration; its ``package`` key (default:
 the block's own name) says which package serves it, so one package can serve several data sets (e.g. any
 MoleculeNet-style classification CSV through the ``tox21`` package). Packages are discovered: every
-``experiments/<package>/meta.py`` is one. See README, "Adding a benchmark", with Tox21 as the worked example.
+``experiments/<package>/meta.py`` is one. See docs/adding_a_benchmark.md, with Tox21 as the worked example.
 """
 from __future__ import annotations
 

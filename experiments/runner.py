@@ -9,6 +9,12 @@ deletes its checkpoint: a finished run is never a resume point, so a run whose `
 (``snakemake --forcerun train``, ``-R train``) trains again from scratch. A run whose settings changed starts
 afresh. Everything is checked (benchmark, variant, seed, factor values, prepared data) before the folder
 is created, so bad input leaves nothing behind.
+
+Every run starts from the shared first neuron cycle of its point (``share_first_cycle``): trained once, by
+:func:`train_first_cycle`, into ``<results_dir>/<benchmark>/first_cycle/<point>/<key>/`` (the key names the
+settings the cycle reads, config.first_cycle_settings), which holds the same records, provenance and
+checkpoint as a run's folder, and ``first_cycle.pt`` once the cycle is over. A run then continues from that
+file and decides the cycle's end by its own rule, so it ends exactly as if it had trained the cycle itself.
 """
 from __future__ import annotations
 
@@ -22,7 +28,10 @@ import sys
 import traceback
 from pathlib import Path
 
+from pb_core.settings import PBSettings
+
 from . import config as cfgmod
+from . import widen
 from .errors import UserError
 from .grid import Run, run_dir
 from .registry import EpochContext, get_benchmark, get_info
@@ -30,10 +39,7 @@ from .registry import EpochContext, get_benchmark, get_info
 log = logging.getLogger("experiments")
 
 RUN_FILES = ("epochs.csv", "cycles.csv", "correlations.csv", "summary.json", "model.pt", "checkpoint.pt",
-             "provenance.json", "run.log", "finished.json")
-# pb keys passed to pb_core as they are (when the run's variant reads them: see config.pb_keys_used).
-CANDIDATE_KEYS = ("candidate_init", "candidate_init_std", "candidate_objective", "candidate_optimizer",
-                  "candidate_snapshot", "candidate_selection", "dendrite_noise_alpha", "stop_on_no_improvement")
+             "provenance.json", "run.log", "finished.json", "first_cycle.pt")
 # A run whose validation score never moves further than this from the metric's chance level is flagged.
 CHANCE_TOLERANCE = 0.01
 
@@ -110,6 +116,32 @@ def matched_cycles(results_dir: Path, run: Run, reference: str) -> list[int]:
     with open(ref / "epochs.csv", newline="") as f:
         cycles = [int(row["cycle"]) for row in csv.DictReader(f)]
     return [cycles.count(c) for c in sorted(set(cycles))]
+
+
+def width_match(cfg: dict, run: Run, settings: dict, out: Path) -> widen.WidthMatch:
+    """The width of a ``wider`` run (experiments/widen.py): the match recorded in its config.json when its
+    settings and its reference's parameter count are unchanged, else the search over the real model."""
+    import pb_core
+
+    reference = run.with_variant(settings["matched_to"])
+    ref = run_dir(cfg["results_dir"], reference) / "summary.json"
+    if not ref.is_file():
+        raise UserError(f"{run.label} ({widen.VARIANT}) needs the finished {reference.variant} run in {ref.parent}; "
+                        f"run it first: {reference.command()}")
+    summary = read_json(ref)
+    saved = read_json(out / "config.json") if (out / "config.json").is_file() else None
+    found = widen.saved_match(saved, settings, summary)
+    if found is not None:
+        return found
+    factor = widen.width_factor_of(get_info(cfg, run.benchmark))
+    benchmark, prepared = get_benchmark(cfg, run.benchmark), cfgmod.prepared_path(cfg, run.benchmark)
+    match = widen.match(settings, run.factor_dict.get(factor, 1),
+                        lambda s: pb_core.count_parameters(benchmark.build(s, prepared, "cpu").model),
+                        settings["matched_to"], summary, factor)
+    log.info("%s: width %s (x%s) has %d parameters; %s's final network (%d dendrites) has %d", run.label,
+             match.width, match.multiplier, match.parameters, reference.variant, match.reference_dendrites,
+             match.target_parameters)
+    return match
 
 
 def _finished(out: Path, settings: dict) -> bool:
@@ -205,6 +237,19 @@ def _checked_train_epoch(exp, controller, run: Run):
     return train_epoch
 
 
+def method_settings(settings: dict, exp) -> PBSettings:
+    """The run's `pb` keys as pb_core's settings, with what the benchmark decides: its output layer and,
+    where it has one, its own optimizer for the dendrite phases."""
+    from dataclasses import replace
+
+    method = cfgmod.pb_settings(settings["pb"], baseline_cycles=settings.get("matched_cycles"))
+    method = replace(method, placement=replace(method.placement, head=exp.head))
+    if exp.candidate_optimizer_factory is not None:
+        method = replace(method, candidate_training=replace(method.candidate_training,
+                                                            optimizer=exp.candidate_optimizer_factory))
+    return method
+
+
 def _never_left_chance(rows: list[dict], chance: float) -> bool:
     vals = [r["val"] for r in rows if r["phase"] == "neuron"]
     return bool(vals) and all(abs(v - chance) <= CHANCE_TOLERANCE for v in vals)
@@ -230,13 +275,18 @@ def _restore_finished(out: Path, settings: dict) -> dict | None:
 
 def train(cfg: dict, run: Run, threads: int | None = None, attempt: int = 1) -> dict:
     """Train ``run`` (or resume it, or do nothing when it is finished with the same settings); its summary.
-    ``attempt`` > 1 is a retry of a failed job (see :func:`_restore_finished`)."""
+    ``attempt`` > 1 is a retry of a failed job (see :func:`_restore_finished`).
+
+    The run starts from the shared first cycle of its point (:func:`train_first_cycle`); when that is
+    missing (a run started by hand), this trains it first, in its own folder, where every other variant of
+    the point then finds it."""
     results_dir = Path(cfg["results_dir"])
     settings = cfgmod.run_settings(cfg, run)
-    info = get_info(cfg, run.benchmark)
     if run.variant == "baseline_matched":
         settings["matched_cycles"] = matched_cycles(results_dir, run, settings["matched_to"])
     out = run_dir(results_dir, run)
+    if run.variant == widen.VARIANT:
+        settings[widen.VARIANT] = width_match(cfg, run, settings, out).as_dict()
     if _finished(out, settings):
         (out / "checkpoint.pt").unlink(missing_ok=True)
         log.info("%s is finished with these settings; nothing to do", out)
@@ -247,12 +297,60 @@ def train(cfg: dict, run: Run, threads: int | None = None, attempt: int = 1) -> 
             log.info("%s finished in an earlier attempt whose job was counted as failed; its summary is restored",
                      out)
             return restored
+    if not cfg["share_first_cycle"]:
+        return _train(cfg, run, settings, out, threads, notes=["trains its own first cycle (share_first_cycle: false)"])
+    if run.variant == widen.VARIANT and settings[widen.VARIANT]["multiplier"] != 1:
+        return _train(cfg, run, settings, out, threads,  # a wider network than the one its point's variants share
+                      notes=[f"trains its own first cycle: width {settings[widen.VARIANT]['width']}"])
+    # `wider` at multiplier 1 is the original network: it starts from its point's shared cycle as the baseline does
+    source = run.with_variant(settings["matched_to"]) if run.variant == widen.VARIANT else run
+    first = cfgmod.first_cycle_path(cfg, source)
+    notes = []
+    if not _first_cycle_finished(first, cfgmod.first_cycle_settings(cfg, source)):
+        notes.append(f"its shared first cycle {first} was missing: this command trained it first "
+                     f"(the pipeline's first_cycle job does that once for every variant of the point)")
+        train_first_cycle(cfg, source, threads)
+    if run.variant == "baseline_matched":
+        epochs = _first_cycle_epochs(first)
+        if settings["matched_cycles"][0] != epochs:  # its reference did not start from this cycle
+            notes.append(f"trains its own first cycle: {settings['matched_cycles'][0]} epochs, the shared one {epochs}")
+            first = None
+    return _train(cfg, run, settings, out, threads, first_cycle=first, notes=notes)
 
+
+def train_first_cycle(cfg: dict, run: Run, threads: int | None = None) -> Path:
+    """Train the first neuron cycle that ``run`` (and every run with the same first-cycle settings) starts
+    from, into its own folder (grid.first_cycle_dir); return its file. Nothing to do when it exists."""
+    settings = cfgmod.first_cycle_settings(cfg, run)
+    path = cfgmod.first_cycle_path(cfg, run)
+    if _first_cycle_finished(path, settings):
+        log.info("%s is finished with these settings; nothing to do", path)
+        return path
+    _train(cfg, run.with_variant(settings["variant"]), settings, path.parent, threads, only_first_cycle=True)
+    return path
+
+
+def _first_cycle_finished(path: Path, settings: dict) -> bool:
+    saved = path.parent / "config.json"
+    return path.is_file() and saved.is_file() and read_json(saved) == settings
+
+
+def _first_cycle_epochs(path: Path) -> int:
+    import torch
+
+    return int(torch.load(path, map_location="cpu", weights_only=False)["first_cycle"]["epochs"])
+
+
+def _train(cfg: dict, run: Run, settings: dict, out: Path, threads: int | None, first_cycle: Path | None = None,
+           only_first_cycle: bool = False, notes: list[str] = ()) -> dict | Path:
+    """Build the benchmark and the controller in ``out`` and train: the whole run from ``first_cycle`` (or
+    from scratch), or only the first cycle."""
     import torch
 
     import pb_core
     from pb_core.records import write_json
 
+    info = get_info(cfg, run.benchmark)
     if cfg["reproducible_cpu"]:
         from .provenance import after_torch_import
         after_torch_import()  # the switches that exist only once torch is loaded (oneDNN off)
@@ -263,41 +361,42 @@ def train(cfg: dict, run: Run, threads: int | None = None, attempt: int = 1) -> 
         torch.cuda.set_device(device)
         make_gpu_deterministic()
     seed_everything(run.seed)
-    exp = get_benchmark(cfg, run.benchmark).build(settings, cfgmod.prepared_path(cfg, run.benchmark), device)
+    built = widen.widened_settings(settings, settings[widen.VARIANT]["width"]) if widen.VARIANT in settings else settings
+    exp = get_benchmark(cfg, run.benchmark).build(built, cfgmod.prepared_path(cfg, run.benchmark), device)
     _start_folder(out, settings)
     handler = _attach_log(out)
+    label = f"{run.benchmark}/{out.relative_to(Path(cfg['results_dir']) / run.benchmark)}"
     try:
+        for note in notes:
+            log.info("%s: %s", run.label, note)
         session = _record_provenance(out, device, threads)
-        pb = settings["pb"]
-        switch = lambda patience: pb_core.SwitchPolicy(  # noqa: E731
-            patience=patience, fixed_epochs=pb.get("fixed_cycle_epochs"), max_epochs=pb.get("max_cycle_epochs"),
-            rel_threshold=pb.get("rel_threshold", 0.0), abs_threshold=pb.get("abs_threshold", 0.0))
-        matched = run.variant == "baseline_matched"
-        core_variant = "baseline" if matched else run.variant
-        dendritic = pb_core.get_variant(core_variant).has_dendrites
-        extra = {key: pb[key] for key in CANDIDATE_KEYS if key in pb}  # only what this variant reads
-        if exp.scheduler_per_batch:
-            extra["scheduler_step"] = lambda scheduler, metric: None  # the benchmark steps it per batch
+        plain = run.variant in ("baseline_matched", widen.VARIANT)  # controls: the network without dendrites
+        core_variant = "baseline" if plain or only_first_cycle else run.variant
+        method = method_settings(settings, exp)
+        # A benchmark that steps its scheduler per batch: the controller must not step it per epoch too.
+        stepping = {"scheduler_step": lambda scheduler, metric: None} if exp.scheduler_per_batch else {}
         controller = pb_core.CycleController(
             exp.model, core_variant, optimizer_factory=exp.optimizer_factory,
-            scheduler_factory=exp.scheduler_factory, candidate_optimizer_factory=exp.candidate_optimizer_factory,
-            neuron_switch=switch(pb.get("neuron_patience", 1)),
-            dendrite_switch=switch(pb["dendrite_patience"]) if "dendrite_patience" in pb else None,
-            candidates=pb.get("candidates"), max_dendrites=pb.get("max_dendrites"),
-            cap_dendrite_phase=pb.get("cap_dendrite_phase", False),
-            dendrite_improvement=pb.get("dendrite_improvement", "neuron"), mode=info.mode,
-            layers=pb.get("layers") if dendritic else None, head=exp.head, activation=pb.get("activation", "sigmoid"),
-            baseline_cycles=settings.get("matched_cycles"), max_total_epochs=pb.get("max_total_epochs"),
-            out_dir=out, on_epoch_end=[_progress(run.label)],
+            scheduler_factory=exp.scheduler_factory, mode=info.mode, out_dir=out, on_epoch_end=[_progress(label)],
             summary_extra={"benchmark": run.benchmark, "seed": run.seed, "factors": run.factor_dict,
                            "metric": info.metric, "variant": run.variant, "device": device,
-                           "profile": cfg["profile"], **exp.extra},
-            **extra)
-        log.info("%s: %s on %s, %d parameters, dendrite layers: %s", run.label, run.variant, device,
+                           "profile": cfg["profile"], **exp.extra,
+                           **({widen.VARIANT: settings[widen.VARIANT]} if widen.VARIANT in settings else {})},
+            **stepping, **method.keywords())
+        log.info("%s: %s on %s, %d parameters, dendrite layers: %s", label, run.variant, device,
                  controller.params_original, controller.layer_names or "none")
-        controller.fit(_checked_train_epoch(exp, controller, run), exp.evaluate)
+        train_epoch = _checked_train_epoch(exp, controller, run)
+        if only_first_cycle:
+            path = controller.fit_first_cycle(train_epoch, exp.evaluate)
+            log.info("%s: the first cycle is trained (%d epochs): %s", label, controller.state.epoch, path)
+            return path
+        if first_cycle is not None:
+            log.info("%s starts from the shared first cycle %s", label, first_cycle)
+        controller.fit(train_epoch, exp.evaluate, first_cycle=first_cycle)
         summary = {**controller.summary(), "chance": info.chance,
-                   "chance_level": _never_left_chance(controller.state.rows, info.chance), "provenance": session}
+                   "chance_level": _never_left_chance(controller.state.rows, info.chance), "provenance": session,
+                   "first_cycle": None if first_cycle is None else
+                   str(Path(first_cycle).parent.relative_to(Path(cfg["results_dir"])))}
         if summary["chance_level"]:
             log.warning("%s: its validation %s never left chance level %g (+-%g): the run learned nothing; "
                         "check the learning rate and the data", run.label, info.metric, info.chance, CHANCE_TOLERANCE)
@@ -311,7 +410,7 @@ def train(cfg: dict, run: Run, threads: int | None = None, attempt: int = 1) -> 
     except BaseException as exc:
         # The error goes into run.log too, where someone reading the run's folder looks for it.
         detail = str(exc) if isinstance(exc, UserError) else traceback.format_exc()
-        log.error("%s failed: %s", run.label, detail if not isinstance(exc, KeyboardInterrupt) else "interrupted")
+        log.error("%s failed: %s", label, detail if not isinstance(exc, KeyboardInterrupt) else "interrupted")
         raise
     finally:
         for name in ("experiments", "pb_core"):

@@ -5,9 +5,9 @@ rule in dendrite phases, train neurons with perforated backpropagation in neuron
 :class:`CycleController` alternate the two around your own training loop.
 
 Requirements: PyTorch only (numpy, when installed, has its random state checkpointed too). Nothing here
-imports the benchmark suite (``experiments``) or its dependencies. ``pb_core.variants`` and
-``pb_core.records`` load without torch, so tools that only need the variant table (the Snakefile) stay
-light; every other name below is imported on first use.
+imports the benchmark suite (``experiments``) or its dependencies. ``pb_core.variants``, ``pb_core.records``
+and ``pb_core.settings`` load without torch, so tools that only need the variant table or the settings (the
+Snakefile, the configuration check) stay light; every other name below is imported on first use.
 """
 import sys
 import types
@@ -19,13 +19,14 @@ from .variants import VARIANTS, Variant, get_variant
 _LAZY = {
     "BidirectionalGRUAdapter": "adapters", "ConvAdapter": "adapters", "GRUAdapter": "adapters", "GRUCellAdapter": "adapters", "LayerAdapter": "adapters",
     "LinearAdapter": "adapters", "adapter_for": "adapters", "register_adapter": "adapters",
-    "CycleController": "controller", "Scores": "controller", "SwitchPolicy": "controller",
-    "load_model_state": "controller",
+    "CycleController": "controller", "Scores": "controller", "load_model_state": "controller",
+    "CandidateTraining": "settings", "PBSettings": "settings", "PhaseEnd": "settings", "Placement": "settings",
+    "RunEnd": "settings", "SwitchPolicy": "settings",
     "ACTIVATIONS": "layer", "DendriticLayer": "layer",
     "summarize": "records",
     "count_parameters": "wrap", "dendritic_layers": "wrap", "select_layers": "wrap", "wrap": "wrap",
 }
-_SUBMODULES = ("adapters", "controller", "covariance", "layer", "records", "variants", "wrap")
+_SUBMODULES = ("adapters", "controller", "covariance", "layer", "records", "settings", "variants", "wrap")
 
 __all__ = sorted([*_LAZY, "VARIANTS", "Variant", "get_variant"])
 

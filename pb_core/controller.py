@@ -19,7 +19,7 @@ import copy
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -27,57 +27,21 @@ import torch
 from torch import nn
 
 from . import records
-from .layer import CANDIDATE_DEFAULTS, check_candidate_settings
+from .records import FIRST_CYCLE_FILE
+from .settings import (DEFAULT_CANDIDATE_OPTIMIZER, DEFAULT_CANDIDATES, DEFAULT_NOISE_ALPHA, FLAT_KEYWORDS,  # noqa: F401
+                       CandidateTraining, PBSettings, PhaseEnd, Placement, RunEnd, SwitchPolicy)
 from .variants import Variant, get_variant
 from .wrap import count_parameters, dendritic_layers, wrap
 
 log = logging.getLogger("pb_core")
 
 CHECKPOINT_VERSION = 1
-DEFAULT_NOISE_ALPHA = 0.05
-DEFAULT_CANDIDATES = 4                         # covariance candidates per neuron (gradient variants: 1)
-DEFAULT_CANDIDATE_OPTIMIZER = {"lr_scale": 5.0}  # the network's optimizer at 5x its learning rate
 
 
 class Scores(NamedTuple):
     train: float
     val: float
     test: float
-
-
-@dataclass
-class SwitchPolicy:
-    """When a cycle ends.
-
-    ``fixed_epochs`` set: every cycle has exactly that many epochs. Otherwise the cycle ends when the
-    watched score (validation in a neuron phase, the candidates' correlations in a dendrite phase) has
-    not improved for ``patience`` epochs; an improvement must beat the reference by more than both
-    ``rel_threshold * |reference|`` and ``abs_threshold``. ``max_epochs`` caps any cycle.
-    """
-    patience: int = 25
-    fixed_epochs: int | None = None
-    rel_threshold: float = 1e-4
-    abs_threshold: float = 0.0
-    max_epochs: int | None = None
-
-    def __post_init__(self):
-        if self.fixed_epochs is None and (self.patience is None or self.patience < 1):
-            raise ValueError(f"SwitchPolicy needs patience >= 1 or fixed_epochs, got patience={self.patience}")
-        if self.fixed_epochs is not None and self.fixed_epochs < 1:
-            raise ValueError(f"fixed_epochs must be >= 1, got {self.fixed_epochs}")
-
-    def improved(self, value: float, reference: float | None, mode: str) -> bool:
-        if reference is None:
-            return True
-        margin = max(self.abs_threshold, self.rel_threshold * abs(reference))
-        return value > reference + margin if mode == "max" else value < reference - margin
-
-    def cycle_over(self, epochs_in_cycle: int, epochs_since_improvement: int) -> bool:
-        if self.fixed_epochs is not None:
-            return epochs_in_cycle >= self.fixed_epochs
-        if self.max_epochs is not None and epochs_in_cycle >= self.max_epochs:
-            return True
-        return epochs_since_improvement >= self.patience
 
 
 @dataclass
@@ -121,6 +85,31 @@ def _restore(model: nn.Module, snapshot: dict) -> None:
     for name, structure in snapshot["structure"].items():
         layers[name].apply_structure(structure)
     model.load_state_dict(snapshot["state"])
+
+
+def _settings_with(settings: PBSettings, flat: dict) -> PBSettings:
+    """``settings`` with the older flat keywords (FLAT_KEYWORDS) put into their groups."""
+    unknown = sorted(set(flat) - set(FLAT_KEYWORDS))
+    if unknown:
+        raise TypeError(f"CycleController got unknown keywords {unknown}; the method's settings are the groups "
+                        f"placement, candidate_training, phase_end and run_end (pb_core.settings)")
+    if flat.get("candidate_optimizer_factory") is None:  # the older name of candidate_optimizer; None: not given
+        flat.pop("candidate_optimizer_factory", None)
+    else:
+        flat.pop("candidate_optimizer", None)
+    # What the flat form read as "the default": no neuron policy (SwitchPolicy()), no cycle list (one cycle).
+    if flat.get("neuron_switch", 0) is None:
+        flat.pop("neuron_switch")
+    if "baseline_cycles" in flat and not flat["baseline_cycles"]:
+        flat["baseline_cycles"] = None
+    groups = settings.keywords()
+    changes: dict[str, dict] = {}
+    for key, value in flat.items():
+        group, name = FLAT_KEYWORDS[key]
+        changes.setdefault(group, {})[name] = value
+    for group, values in changes.items():
+        groups[group] = replace(groups[group], **values)
+    return PBSettings(**groups)
 
 
 def optimizer_from_spec(spec: dict | Callable, network_factory: Callable | None = None) -> Callable:
@@ -179,111 +168,68 @@ class CycleController:
         variant: a name from :data:`pb_core.VARIANTS` (``pb``, ``baseline``, ``pb_head`` ...).
         optimizer_factory: ``params -> torch.optim.Optimizer``, called at every switch.
         scheduler_factory: ``optimizer -> scheduler`` (or None), called at every switch; stepped once per
-            epoch (``ReduceLROnPlateau`` gets the validation score, or the mean correlation in a dendrite
-            phase).
-        neuron_switch / dendrite_switch: :class:`SwitchPolicy` per phase (dendrite defaults to neuron's).
-        candidates: candidate dendrites per neuron (C); None: 4 for covariance variants, 1 for gd_dendrites.
-        max_dendrites: stop after the neuron cycle that has this many dendrites.
-        cap_dendrite_phase: cap every dendrite phase at the length of the first neuron phase.
-        dendrite_improvement: what counts as progress in a covariance dendrite phase (patience resets):
-            ``"neuron"`` (SPEC wording): some neuron has a candidate that raised its |correlation| beyond
-            its reference by more than the thresholds (and the noise margin below); ``"layer"``: some
-            layer's mean over its neurons of the best candidate's |correlation| this epoch beat that
-            layer's best epoch mean by more than the thresholds (and the noise margin over sqrt(N)).
-        dendrite_noise_alpha: makes the dendrite-phase criterion noise-aware. A pair's improvement must
-            exceed z standard errors of the epoch correlation (estimated per layer and epoch from the
-            disagreement of the odd and even batches), with z chosen so that pure noise resets patience
-            within one patience window with probability at most ``alpha`` (Bonferroni over every candidate
-            of every neuron and the patience's epochs; see :func:`noise_z`). None: the thresholds alone
-            (the rule before this option; with thousands of neurons sampling noise alone keeps
-            "neuron" going for ever).
-        candidate_init / candidate_init_std / candidate_objective / candidate_snapshot / candidate_selection:
-            how covariance candidates are drawn, trained, measured and chosen (see
-            :class:`~pb_core.DendriticLayer`); ``candidate_init`` also draws gd_dendrites' and gd_joint's
-            new dendrites.
-        candidate_optimizer: optimizer for dendrite phases: a factory ``params -> Optimizer``, a mapping
-            ``{"name": "adam", "lr": 0.01, ...}``, or ``{"lr_scale": s}``: the network's optimizer factory with
-            s times its learning rate (:func:`optimizer_from_spec`); None: ``optimizer_factory`` as it is.
-            Default ``{"lr_scale": 5.0}`` (benchmarks/candidate_study.py: with the network's own rate the
-            candidates barely learn). ``candidate_optimizer_factory`` is the older name of the same argument.
-        stop_on_no_improvement: True (SPEC): stop after a neuron cycle that did not beat the previous one.
-            False: keep adding dendrites up to ``max_dendrites`` (a protocol that scores every dendrite
-            count); the final model is still the best one.
+            epoch by ``scheduler_step`` (``ReduceLROnPlateau`` gets the validation score, or the mean
+            correlation in a dendrite phase).
+        placement / candidate_training / phase_end / run_end: the method's settings, one frozen group each
+            (:mod:`pb_core.settings`: where dendrites go, how candidates are trained, when a phase ends, when
+            the run ends); a :class:`PBSettings` gives all four as ``**settings.keywords()``. Each defaults
+            to its class's defaults.
         mode: "max" if a higher validation score is better, "min" otherwise.
-        layers / head / activation: override the variant's layer preset, name the output layer, choose g.
-        baseline_cycles: for a dendrite-free variant, run neuron cycles of exactly these lengths, each
-            starting from the previous cycle's best weights with a fresh optimizer and scheduler (a
-            compute-matched control); None means one cycle with patience.
-        candidate_optimizer_factory: optimizer for dendrite phases (default: ``optimizer_factory``).
         out_dir: where records and the checkpoint go; None keeps everything in memory.
         on_epoch_end: callables receiving each epoch's row (progress bars, logging).
         summary_extra: fields added to the run summary (e.g. benchmark, seed, metric).
+        **flat: the older one-keyword-per-setting form (``candidates=4``, ``neuron_switch=...``,
+            ``max_dendrites=2``; :data:`pb_core.settings.FLAT_KEYWORDS` maps each to its group's field); each
+            replaces that field of its group.
     """
 
     def __init__(self, model: nn.Module, variant: str | Variant = "pb", *,
                  optimizer_factory: Callable, scheduler_factory: Callable | None = None,
-                 neuron_switch: SwitchPolicy | None = None, dendrite_switch: SwitchPolicy | None = None,
-                 candidates: int | None = None, max_dendrites: int | None = None, cap_dendrite_phase: bool = False,
-                 dendrite_improvement: str = "neuron", dendrite_noise_alpha: float | None = DEFAULT_NOISE_ALPHA,
-                 mode: str = "max", layers=None, head: str | None = None, activation: str = "sigmoid",
-                 baseline_cycles: list[int] | None = None, candidate_optimizer_factory: Callable | None = None,
-                 candidate_optimizer: dict | Callable | None = DEFAULT_CANDIDATE_OPTIMIZER,
-                 candidate_init: str = CANDIDATE_DEFAULTS["init"],
-                 candidate_init_std: float = CANDIDATE_DEFAULTS["init_std"],
-                 candidate_objective: str = CANDIDATE_DEFAULTS["objective"],
-                 candidate_snapshot: str = CANDIDATE_DEFAULTS["snapshot"],
-                 candidate_selection: str = CANDIDATE_DEFAULTS["selection"],
-                 stop_on_no_improvement: bool = True,
-                 scheduler_step: Callable = default_scheduler_step, max_total_epochs: int | None = None,
+                 placement: Placement | None = None, candidate_training: CandidateTraining | None = None,
+                 phase_end: PhaseEnd | None = None, run_end: RunEnd | None = None,
+                 mode: str = "max", scheduler_step: Callable = default_scheduler_step,
                  out_dir: str | Path | None = None, on_epoch_end: list[Callable] | None = None,
-                 summary_extra: dict | None = None):
+                 summary_extra: dict | None = None, **flat):
+        settings = _settings_with(PBSettings(placement=placement or Placement(),
+                                             candidate_training=candidate_training or CandidateTraining(),
+                                             phase_end=phase_end or PhaseEnd(), run_end=run_end or RunEnd()), flat)
+        placement, training = settings.placement, settings.candidate_training
+        phases, ends = settings.phase_end, settings.run_end
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
-        if dendrite_improvement not in ("neuron", "layer"):
-            raise ValueError(f"dendrite_improvement must be 'neuron' or 'layer', got {dendrite_improvement!r}")
         self.variant = get_variant(variant)
+        self.settings = settings
+        candidates = training.count
         if candidates is None:  # gradient-trained candidates all feed the output: one per neuron
             candidates = 1 if self.variant.learning == "gradient" else DEFAULT_CANDIDATES
-        if candidates < 1:
-            raise ValueError(f"candidates must be >= 1, got {candidates}")
-        if not stop_on_no_improvement and max_dendrites is None:
-            raise ValueError("stop_on_no_improvement=False needs max_dendrites (otherwise the run never ends)")
-        if dendrite_noise_alpha is not None and not 0 < dendrite_noise_alpha < 1:
-            raise ValueError(f"dendrite_noise_alpha must be in (0, 1) or None, got {dendrite_noise_alpha}")
-        if candidate_optimizer_factory is not None:  # the older name of the same argument
-            candidate_optimizer = candidate_optimizer_factory
-        check_candidate_settings(candidate_init, candidate_init_std, candidate_objective, candidate_snapshot,
-                                 candidate_selection)
         self.model = model
-        if baseline_cycles is not None and self.variant.has_dendrites:
+        if ends.baseline_cycles is not None and self.variant.has_dendrites:
             raise ValueError("baseline_cycles is for dendrite-free variants (a compute-matched control)")
         if self.variant.learning == "gradient" and candidates != 1:
             raise ValueError(f"variant {self.variant.name} trains one gradient candidate per neuron; got candidates={candidates}")
+        # The groups' fields as attributes (what the phases read, and the checkpoint's signature records).
         self.optimizer_factory = optimizer_factory
         self.scheduler_factory = scheduler_factory
-        self.candidate_optimizer = candidate_optimizer if isinstance(candidate_optimizer, dict) else None  # signature
-        self.candidate_optimizer_factory = (optimizer_from_spec(candidate_optimizer, optimizer_factory)
-                                            if candidate_optimizer is not None else optimizer_factory)
-        self.candidate_settings = {"init": candidate_init, "init_std": candidate_init_std,
-                                   "objective": candidate_objective, "snapshot": candidate_snapshot,
-                                   "selection": candidate_selection}
-        self.dendrite_noise_alpha = dendrite_noise_alpha
-        self.stop_on_no_improvement = stop_on_no_improvement
-        self.neuron_switch = neuron_switch or SwitchPolicy()
-        self.dendrite_switch = dendrite_switch or self.neuron_switch
+        spec = training.optimizer
+        self.candidate_optimizer = spec if isinstance(spec, dict) else None  # signature
+        self.candidate_optimizer_factory = (optimizer_from_spec(spec, optimizer_factory)
+                                            if spec is not None else optimizer_factory)
+        self.candidate_settings = training.layer_settings
         self.candidates = candidates
-        self.max_dendrites = max_dendrites
-        self.cap_dendrite_phase = cap_dendrite_phase
-        self.dendrite_improvement = dendrite_improvement
+        self.neuron_switch, self.dendrite_switch = phases.neuron, phases.dendrite_policy
+        self.cap_dendrite_phase, self.dendrite_improvement = phases.cap_dendrite_phase, phases.improvement
+        self.dendrite_noise_alpha = phases.noise_alpha
+        self.max_dendrites, self.stop_on_no_improvement = ends.max_dendrites, ends.stop_on_no_improvement
+        self.max_total_epochs = ends.max_total_epochs
+        self.baseline_cycles = list(ends.baseline_cycles) if ends.baseline_cycles else None
         self.mode = mode
-        self.baseline_cycles = list(baseline_cycles) if baseline_cycles else None
         self.scheduler_step = scheduler_step
-        self.max_total_epochs = max_total_epochs
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.on_epoch_end = list(on_epoch_end or [])
         self.summary_extra = dict(summary_extra or {})
-        self.layer_names = wrap(model, layers if layers is not None else self.variant.layers,
-                                head=head, activation=activation) if self.variant.has_dendrites else []
+        layers = placement.layers if placement.layers is not None else self.variant.layers
+        self.layer_names = wrap(model, layers, head=placement.head, activation=placement.activation) \
+            if self.variant.has_dendrites else []
         self.layers = dict(dendritic_layers(model))
         for layer in self.layers.values():  # kept on the layers, so a resumed phase rebuilds the same statistics
             for key, value in self.candidate_settings.items():
@@ -320,19 +266,62 @@ class CycleController:
                 "candidate_settings": self.candidate_settings, "candidate_optimizer": self.candidate_optimizer,
                 "stop_on_no_improvement": self.stop_on_no_improvement}
 
-    def fit(self, train_epoch: Callable, evaluate: Callable, resume: bool = True) -> dict:
-        """Train until the stopping rule fires; return the run summary. The model ends as the best one."""
+    def fit(self, train_epoch: Callable, evaluate: Callable, resume: bool = True,
+            first_cycle: str | Path | None = None) -> dict:
+        """Train until the stopping rule fires; return the run summary. The model ends as the best one.
+
+        ``first_cycle``: a file written by :meth:`fit_first_cycle` (a dendrite-free controller's first
+        neuron cycle on the same network, data and seed). A run with no checkpoint of its own starts from
+        it instead of training that cycle again, and ends exactly as if it had trained it itself: its
+        records begin with the cycle's records, and its own rule decides what follows the cycle's last epoch.
+        """
         ckpt = self.checkpoint_path
         if resume and ckpt is not None and ckpt.exists():
             self._load_checkpoint(ckpt)
             log.info("resumed %s at epoch %d (cycle %d, %s phase)", ckpt, self.state.epoch, self.state.cycle,
                      self.state.phase)
+        elif first_cycle is not None:
+            self._fork(Path(first_cycle))
+            log.info("continues from the first cycle %s (%d epochs)", first_cycle, len(self.state.rows))
         else:
             self._configure_phase()
         while not self.state.done:
             self._run_epoch(train_epoch, evaluate)
             self._save()
         return self.summary()
+
+    def fit_first_cycle(self, train_epoch: Callable, evaluate: Callable) -> Path:
+        """Train the first neuron cycle only, and write it where :meth:`fit` of any variant can start from it
+        (``out_dir/first_cycle.pt``; the records so far go beside it); return that file.
+
+        The file holds the state right after the cycle's last epoch, before the end-of-cycle decision
+        (best-weights reload, what comes next), which each run that starts from it makes by its own rule.
+        Only a dendrite-free controller (variant ``baseline``, no ``baseline_cycles``) trains it: every
+        variant's first cycle is the plain network's (wrapped layers without dendrites compute the same).
+        A killed call resumes from ``checkpoint.pt`` like :meth:`fit`.
+        """
+        if self.variant.has_dendrites or self.baseline_cycles is not None or self.out_dir is None:
+            raise ValueError("a shared first cycle is trained by a dendrite-free controller (variant 'baseline', "
+                             "no baseline_cycles) with an out_dir")
+        path = self.out_dir / FIRST_CYCLE_FILE
+        ckpt = self.checkpoint_path
+        if ckpt.exists():
+            self._load_checkpoint(ckpt)
+            log.info("resumed %s at epoch %d", ckpt, self.state.epoch)
+        else:
+            self._configure_phase()
+        while True:
+            self._train_and_score(train_epoch, evaluate)
+            if self._first_cycle_ends():
+                first = self._checkpoint()
+                first["first_cycle"] = {"mode": self.mode, "neuron_switch": asdict(self.neuron_switch),
+                                        "max_total_epochs": self.max_total_epochs, "epochs": self.state.epoch}
+                self._write_records()
+                records.atomic_torch_save(first, path)
+                ckpt.unlink(missing_ok=True)
+                return path
+            self._decide()  # not the cycle's end: changes nothing, as in every run
+            self._save()
 
     def summary(self) -> dict:
         st = self.state
@@ -483,6 +472,11 @@ class CycleController:
 
     # ------------------------------------------------------------------ one epoch
     def _run_epoch(self, train_epoch: Callable, evaluate: Callable) -> None:
+        self._train_and_score(train_epoch, evaluate)
+        self._decide()
+
+    def _train_and_score(self, train_epoch: Callable, evaluate: Callable) -> None:
+        """One epoch: train, score, record, track the bests and patience (no end-of-cycle decision)."""
         st = self.state
         start = time.perf_counter()
         lr = float(self.optimizer.param_groups[0]["lr"]) if self.optimizer.param_groups else float("nan")
@@ -536,14 +530,29 @@ class CycleController:
         for callback in self.on_epoch_end:
             callback(row)
 
+    def _cycle_over(self) -> bool:
+        st = self.state
         in_cycle = st.epoch - st.cycle_start
-        over = policy.cycle_over(in_cycle, st.since_improvement)
+        over = self._current_policy().cycle_over(in_cycle, st.since_improvement)
         if st.phase == "dendrite" and self.cap_dendrite_phase and st.first_neuron_epochs:
             over = over or in_cycle >= st.first_neuron_epochs
-        if over:
+        return over
+
+    def _at_epoch_limit(self) -> bool:
+        return self.max_total_epochs is not None and self.state.epoch >= self.max_total_epochs
+
+    def _first_cycle_ends(self) -> bool:
+        """The epoch just trained is the first neuron cycle's last: the cycle is over, or the run's epochs are."""
+        st = self.state
+        return st.phase == "neuron" and not st.cycle_rows and (self._cycle_over() or self._at_epoch_limit())
+
+    def _decide(self) -> None:
+        """After an epoch: end the cycle when its rule says so, and the run at max_total_epochs."""
+        st = self.state
+        if self._cycle_over():
             self._end_cycle()
         # Checked after a switch too, so a cycle that ends at the limit does not start another epoch.
-        if not st.done and self.max_total_epochs is not None and st.epoch >= self.max_total_epochs:
+        if not st.done and self._at_epoch_limit():
             if st.phase == "dendrite":  # a half-trained dendrite is dropped, not committed
                 for layer in self.layers.values():
                     layer.discard_candidates()
@@ -585,23 +594,30 @@ class CycleController:
         if self.out_dir is None:
             return
         st = self.state
+        self._write_records()
+        records.atomic_torch_save(self._checkpoint(), self.checkpoint_path)
+        if st.done:
+            records.write_json(self.out_dir / "summary.json", self.summary())
+            records.atomic_torch_save(_snapshot(self.model), self.out_dir / "model.pt")
+
+    def _write_records(self) -> None:
+        st = self.state
         records.write_csv(self.out_dir / "epochs.csv", st.rows, records.EPOCH_COLUMNS)
         records.write_csv(self.out_dir / "cycles.csv", st.cycle_rows, records.CYCLE_COLUMNS)
         records.write_csv(self.out_dir / "correlations.csv", st.correlation_rows, records.CORRELATION_COLUMNS)
-        checkpoint = {
-            "version": CHECKPOINT_VERSION, "signature": self.signature(), "state": asdict(st),
+
+    def _checkpoint(self) -> dict:
+        return {
+            "version": CHECKPOINT_VERSION, "signature": self.signature(), "state": asdict(self.state),
             "model": _snapshot(self.model), "cycle_best": self._cycle_best_snapshot,
             "overall_best": self._overall_best_snapshot,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "rng": _rng_state(),
         }
-        records.atomic_torch_save(checkpoint, self.checkpoint_path)
-        if st.done:
-            records.write_json(self.out_dir / "summary.json", self.summary())
-            records.atomic_torch_save(_snapshot(self.model), self.out_dir / "model.pt")
 
-    def _load_checkpoint(self, path: Path) -> None:
+    @staticmethod
+    def _read_checkpoint(path: Path) -> dict:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:  # a truncated or foreign file
@@ -609,16 +625,80 @@ class CycleController:
         if ckpt.get("version") != CHECKPOINT_VERSION:
             raise RuntimeError(f"checkpoint {path} has format version {ckpt.get('version')}, this pb_core writes "
                                f"{CHECKPOINT_VERSION}; delete it to start this run afresh")
+        return ckpt
+
+    def _fork(self, path: Path) -> None:
+        """Start from a shared first cycle (see :meth:`fit_first_cycle`), then decide its end by this run's rule."""
+        ckpt = self._read_checkpoint(path)
+        first = ckpt.get("first_cycle")
+        if first is None:
+            raise RuntimeError(f"{path} is not a first-cycle file (CycleController.fit_first_cycle writes them)")
+        why = self._first_cycle_differs(first)
+        if why:
+            raise RuntimeError(f"this run cannot start from the first cycle {path}: {why}")
+        template = _snapshot(self.model)  # this network before any training: its dendrite-free wrapped form
+        lift = lambda snap: None if snap is None else self._to_device(self._lift(snap, template, path))  # noqa: E731
+        self.state = _State(**ckpt["state"])
+        _restore(self.model, lift(ckpt["model"]))
+        self._cycle_best_snapshot = lift(ckpt["cycle_best"])
+        self._overall_best_snapshot = lift(ckpt["overall_best"])
+        _set_rng_state(ckpt["rng"])
+        # The optimizer and scheduler of the cycle are not carried over: every outcome of a first cycle's end
+        # (a dendrite phase, another neuron cycle, the stop) builds both afresh from the factories.
+        self._decide()
+        if self.optimizer is None:
+            raise RuntimeError(f"the first cycle {path} did not end by this run's rule")
+        self._save()
+
+    def _first_cycle_differs(self, first: dict) -> str:
+        """Why this run's first cycle would not be the shared one ('' when it is)."""
+        if first["mode"] != self.mode:
+            return f"its mode is {self.mode!r}, the cycle's {first['mode']!r}"
+        epochs = first["epochs"]
+        if self.baseline_cycles is not None:  # a compute-matched control: its first cycle has a fixed length
+            if self.baseline_cycles[0] != epochs or (self.max_total_epochs or epochs) < epochs:
+                return f"its first cycle has {self.baseline_cycles[0]} epochs, the shared one {epochs}"
+            return ""
+        if asdict(self.neuron_switch) != first["neuron_switch"] or self.max_total_epochs != first["max_total_epochs"]:
+            return (f"its neuron-cycle rule {asdict(self.neuron_switch)}, max_total_epochs {self.max_total_epochs} "
+                    f"differ from the cycle's {first['neuron_switch']}, {first['max_total_epochs']}")
+        return ""
+
+    def _lift(self, snap: dict, template: dict, path: Path) -> dict:
+        """A snapshot of the plain network in this run's form: each wrapped layer's weights under ``main``,
+        its (empty) dendrite tensors from ``template``."""
+        if snap["structure"]:
+            raise RuntimeError(f"{path} holds a network with dendrites; a first cycle has none")
+        prefixes = {f"{name}.": f"{name}.main." for name in self.layers}
+        state = dict(template["state"])
+        lifted = set()
+        for key, value in snap["state"].items():
+            prefix = next((p for p in prefixes if key.startswith(p)), None)
+            new = key if prefix is None else prefixes[prefix] + key[len(prefix):]
+            if new not in state:
+                raise RuntimeError(f"{path} was trained on another network: it has {key!r}, which this one lacks")
+            state[new] = value
+            lifted.add(new)
+        own = {k for k in state if not any(k.startswith(p) and not k.startswith(m) for p, m in prefixes.items())}
+        if lifted != own:
+            raise RuntimeError(f"{path} was trained on another network: it lacks {sorted(own - lifted)[:5]}")
+        return {"structure": template["structure"], "state": state}
+
+    def _to_device(self, snap: dict | None) -> dict | None:
+        device = next(self.model.parameters()).device
+        return None if snap is None else {
+            "structure": snap["structure"],
+            "state": {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in snap["state"].items()}}
+
+    def _load_checkpoint(self, path: Path) -> None:
+        ckpt = self._read_checkpoint(path)
         if ckpt["signature"] != self.signature():
             diff = {k: (ckpt["signature"].get(k), v) for k, v in self.signature().items()
                     if ckpt["signature"].get(k) != v}
             raise RuntimeError(f"checkpoint {path} was made with other settings (saved, now): {diff}; "
                                "delete that folder to start afresh, or rerun with the saved settings")
         self.state = _State(**ckpt["state"])
-        device = next(self.model.parameters()).device
-        to_device = lambda snap: None if snap is None else {  # noqa: E731
-            "structure": snap["structure"],
-            "state": {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in snap["state"].items()}}
+        to_device = self._to_device
         _restore(self.model, to_device(ckpt["model"]))
         self._cycle_best_snapshot = to_device(ckpt["cycle_best"])
         self._overall_best_snapshot = to_device(ckpt["overall_best"])

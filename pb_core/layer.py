@@ -20,27 +20,14 @@ import torch
 from torch import nn
 
 from .adapters import ConvAdapter, LayerAdapter, LinearAdapter
-from .covariance import OBJECTIVES, CovarianceStats, CovarianceTap
+from .covariance import CovarianceStats, CovarianceTap
+from .settings import (CANDIDATE_DEFAULTS, CANDIDATE_INITS, CANDIDATE_SELECTIONS, CANDIDATE_SNAPSHOTS,  # noqa: F401
+                       check_candidate_settings)
 
 ACTIVATIONS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "identity": lambda t: t}
 
-# How candidates are trained where the paper is silent (README "Candidate training"; measured by
-# benchmarks/candidate_study.py). Each is a DendriticLayer and CycleController parameter.
-CANDIDATE_INITS = ("layer", "normal")      # the layer's own reset_parameters / N(0, init_std), cascade 0
-CANDIDATE_SNAPSHOTS = ("measured", "epoch_end")
-CANDIDATE_SELECTIONS = ("correlation", "covariance")
-CANDIDATE_DEFAULTS = {"init": "normal", "init_std": 0.01, "objective": "covariance", "snapshot": "measured",
-                      "selection": "correlation"}
-
-
-def check_candidate_settings(init: str, init_std: float, objective: str, snapshot: str, selection: str) -> None:
-    for name, value, allowed in (("init", init, CANDIDATE_INITS), ("objective", objective, OBJECTIVES),
-                                 ("snapshot", snapshot, CANDIDATE_SNAPSHOTS),
-                                 ("selection", selection, CANDIDATE_SELECTIONS)):
-        if value not in allowed:
-            raise ValueError(f"candidate {name} must be one of {allowed}, got {value!r}")
-    if not init_std > 0:
-        raise ValueError(f"candidate init_std must be > 0, got {init_std!r}")
+# How candidates are trained where the paper is silent: pb_core.settings (each a DendriticLayer and
+# CycleController setting).
 _IN_PLACE = {"sigmoid": torch.Tensor.sigmoid_, "tanh": torch.Tensor.tanh_, "identity": lambda t: t}
 
 

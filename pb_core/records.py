@@ -22,6 +22,8 @@ EPOCH_COLUMNS = ["epoch", "cycle", "phase", "dendrites", "train", "val", "test",
                  "lr", "params", "seconds"]
 CYCLE_COLUMNS = ["cycle", "phase", "dendrites", "params", "epochs", "best_epoch", "val", "test"]
 CORRELATION_COLUMNS = ["epoch", "cycle", "layer", "correlation"]
+# What CycleController.fit_first_cycle writes into its out_dir: a first neuron cycle that runs start from.
+FIRST_CYCLE_FILE = "first_cycle.pt"
 
 
 def _default_file_mode() -> int:

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from experiments import grid as gridmod
+from experiments import widen
 from experiments.outputs import output_path
 from experiments.pipeline import aggregate_paths
 from experiments.registry import get_info
@@ -82,3 +83,4 @@ wildcard_constraints:
     benchmark=alternatives(BENCHMARKS),
     variant="[a-z_]+",
     point="[A-Za-z0-9_.=+-]*seed[0-9]+",
+    key="[0-9a-f]+",

@@ -215,7 +215,8 @@ def train_epoch(m, opt):
 def evaluate(m):
     acc = ((m(x) > 0).float() == y).float().mean().item(); return pb_core.Scores(acc, acc, acc)
 c = pb_core.CycleController(model, 'pb', optimizer_factory=lambda p: torch.optim.Adam(p, lr=0.1),
-                            neuron_switch=pb_core.SwitchPolicy(patience=2, max_epochs=5), max_dendrites=1,
+                            phase_end=pb_core.PhaseEnd(neuron=pb_core.SwitchPolicy(patience=2, max_epochs=5)),
+                            run_end=pb_core.RunEnd(max_dendrites=1),
                             out_dir={str(tmp_path / 'run')!r})
 print(c.fit(train_epoch, evaluate)['epochs'] > 0, sorted(m for m, v in sys.modules.items() if v is not None and m.split('.')[0] in {hide!r}))
 """

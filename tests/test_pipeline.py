@@ -110,8 +110,20 @@ def test_pipeline_writes_figure_tables_and_run_records(pipeline):
     assert set(stats[stats.comparison == "pb max - baseline max"]["factors"]) == {"width=0.5", "width=1"}
     assert (stats["n"] == 2).all()
     assert {"variant", "width", "mean_improvement"} <= set(pd.read_csv(work / "results/tox21/improvement.csv"))
+    # One shared first cycle per (width, seed), which every variant there starts from; baseline is that cycle.
+    for width in WIDTHS:
+        for seed in (0, 1):
+            (cycle,) = (work / f"results/tox21/first_cycle/width{width:g}-seed{seed}").iterdir()
+            first = pd.read_csv(cycle / "epochs.csv").drop(columns=["seconds"])
+            for variant in VARIANTS:
+                run = work / f"results/tox21/{variant}/width{width:g}-seed{seed}"
+                assert json.loads((run / "summary.json").read_text())["first_cycle"] == str(
+                    cycle.relative_to(work / "results"))
+                own = pd.read_csv(run / "epochs.csv").drop(columns=["seconds"])
+                pd.testing.assert_frame_equal(own.head(len(first)), first)
+                assert len(own) == len(first) if variant == "baseline" else len(own) > len(first)
     # Every rule leaves a log and a benchmark record.
-    for rule in ("prepare", "train", "aggregate", "figure"):
+    for rule in ("prepare", "first_cycle", "train", "aggregate", "figure"):
         assert list((work / "logs" / rule).rglob("*.benchmark.tsv")), rule
 
 
@@ -138,6 +150,10 @@ def test_second_run_does_nothing_and_a_forced_rerun_trains_again(pipeline):
     assert not (run / "checkpoint.pt").exists()
     log = (work / "logs/train/tox21/pb/width1-seed0.log").read_text()
     assert "resumed" not in log and "nothing to do" not in log
+    # From the shared first cycle, which the forced run did not train again.
+    (cycle,) = (work / "results/tox21/first_cycle/width1-seed0").iterdir()
+    assert f"starts from the shared first cycle {cycle.relative_to(work)}" in log and "was missing" not in log
+    assert (cycle / "first_cycle.pt").stat().st_mtime_ns < stamp
     # Trained again from scratch, to the same records (the run is deterministic on one machine).
     for name, records in before.items():
         pd.testing.assert_frame_equal(_records(run / name), records)
@@ -147,6 +163,38 @@ def test_second_run_does_nothing_and_a_forced_rerun_trains_again(pipeline):
     assert planned_runs(text) == {"baseline_matched/width1-seed0"}
     out = snakemake(work, "--cores", "1", "--", TARGET)
     assert out.returncode == 0, out.stderr[-4000:]
+
+
+def test_a_retrained_first_cycle_retrains_exactly_the_runs_of_its_point(pipeline):
+    work = pipeline["work"]
+    (cycle,) = (work / "results/tox21/first_cycle/width0.5-seed1").iterdir()
+    jobs, text = planned_jobs(work, "--forcerun", str((cycle / "first_cycle.pt").relative_to(work)))
+    assert planned_runs(text) == {f"{v}/width0.5-seed1" for v in VARIANTS}
+    assert jobs == {"first_cycle": 1, "train": 3, "aggregate": 1, "figure": 1}
+
+
+@pytest.mark.slow
+def test_every_forked_run_equals_the_run_that_trains_its_own_first_cycle(pipeline):
+    """The tiny workflow again with share_first_cycle: false (every run trains its first cycle itself): each
+    run's records and scores equal those of the run that started from the shared cycle."""
+    work = pipeline["work"]
+    (work / "unforked.yaml").write_text(json.dumps({"share_first_cycle": False, "results_dir": "results_unforked",
+                                                   "logs_dir": "logs_unforked"}))
+    targets = [f"results_unforked/tox21/{v}/width{w:g}-seed{s}/summary.json" for v in VARIANTS for w in WIDTHS
+               for s in (0, 1)]
+    out = snakemake(work, "--configfile", str(work / "tiny.yaml"), str(work / "unforked.yaml"), "--cores", "2",
+                    "--", *targets)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert not (work / "results_unforked/tox21/first_cycle").exists()
+    for target in targets:
+        unforked = work / Path(target).parent
+        forked = work / "results" / unforked.relative_to(work / "results_unforked")
+        for name in ("epochs.csv", "cycles.csv", "correlations.csv"):
+            pd.testing.assert_frame_equal(_records(forked / name), _records(unforked / name), check_exact=True)
+        a, b = (json.loads((f / "summary.json").read_text()) for f in (forked, unforked))
+        assert b["first_cycle"] is None and a["first_cycle"]
+        for key in ("original", "max", "final_dendrites", "params_final", "epochs", "cycles", "stopped_because"):
+            assert a[key] == b[key], (target, key)
 
 
 def _records(path: Path) -> pd.DataFrame:

@@ -80,31 +80,78 @@ def test_finished_run_is_not_a_resume_point_and_interrupted_run_resumes_exactly(
     use(monkeypatch, StandIn())
     first = runner.train(cfg, run)
     reference = records(folder)
+    shared = cfgmod.first_cycle_path(cfg, run)
+    cycle_epochs = len(pd.read_csv(shared.parent / "epochs.csv"))
+    assert 1 < cycle_epochs < first["epochs"] and first["first_cycle"] == str(shared.parent.relative_to(cfg["results_dir"]))
+    # Started by hand with no shared first cycle: the command trained it first, and its log says so.
+    assert "was missing: this command trained it first" in (folder / "run.log").read_text()
     assert not (folder / "checkpoint.pt").exists() and (folder / "model.pt").is_file()
     assert "dendrite" in set(pd.read_csv(folder / "epochs.csv")["phase"])
     # Finished with the same settings: nothing to do (no training epoch runs).
     standin = use(monkeypatch, StandIn())
     assert runner.train(cfg, run) == first and standin.phases == []
-    # summary.json deleted (what `snakemake --forcerun` does): trained again, from scratch.
+    # summary.json deleted (what `snakemake --forcerun train` does): trained again from the shared first cycle,
+    # which is not trained again.
     (folder / "summary.json").unlink()
     standin = use(monkeypatch, StandIn())
     runner.train(cfg, run)
-    assert len(standin.phases) == first["epochs"]
+    assert len(standin.phases) == first["epochs"] - cycle_epochs
     for name, frame in records(folder).items():
         pd.testing.assert_frame_equal(frame, reference[name])
-    # Interrupted in epoch 5 (killed, walltime): the next start resumes there and ends with the same records.
+    # Interrupted two epochs after the fork (killed, walltime): the next start resumes there, same records.
     (folder / "summary.json").unlink()
-    use(monkeypatch, StandIn(interrupt_at=5))
+    use(monkeypatch, StandIn(interrupt_at=cycle_epochs + 2))
     with pytest.raises(KeyboardInterrupt):
         runner.train(cfg, run)
     assert (folder / "checkpoint.pt").is_file() and not (folder / "summary.json").exists()
     standin = use(monkeypatch, StandIn())
     runner.train(cfg, run)
-    assert len(standin.phases) == first["epochs"] - 5
+    assert len(standin.phases) == first["epochs"] - cycle_epochs - 2
     for name, frame in records(folder).items():
         pd.testing.assert_frame_equal(frame, reference[name])
     sessions = json.loads((folder / "provenance.json").read_text())["sessions"]
     assert len(sessions) == 2  # the interrupted session and the one that finished it
+
+
+def test_killed_in_the_shared_first_cycle_resumes_it_and_every_variant_equals_its_unforked_run(cfg, monkeypatch):
+    """Each variant of a seed starts from one first cycle, trained once; each ends with the records, scores and
+    network of the same run trained on its own (share_first_cycle: false)."""
+    own = cfgmod.load_config(overrides=[f"results_dir={Path(cfg['results_dir']).parent / 'own'}",
+                                        "share_first_cycle=false",
+                                        *(f"benchmarks.tox21.pb.{k}={v}" for k, v in cfg["benchmarks"]["tox21"]["pb"].items()
+                                          if k in ("neuron_patience", "dendrite_patience", "max_dendrites", "max_total_epochs")),
+                                        "benchmarks.tox21.variants=[baseline, pb, pb_head, gd_joint, baseline_matched]"])
+    shared_cfg = cfgmod.deep_merge(own, {"share_first_cycle": True, "results_dir": cfg["results_dir"]})
+    run = make_run(shared_cfg, "tox21", "pb", 6)
+    shared = cfgmod.first_cycle_path(shared_cfg, run)
+    use(monkeypatch, StandIn(interrupt_at=2))
+    with pytest.raises(KeyboardInterrupt):
+        runner.train_first_cycle(shared_cfg, run)
+    assert (shared.parent / "checkpoint.pt").is_file() and not shared.exists()
+    standin = use(monkeypatch, StandIn())
+    runner.train(shared_cfg, run)  # resumes the cycle at epoch 2, then forks
+    cycle_epochs = len(pd.read_csv(shared.parent / "epochs.csv"))
+    assert standin.phases[:cycle_epochs - 2] == ["neuron"] * (cycle_epochs - 2) and not (shared.parent / "checkpoint.pt").exists()
+    for variant in ("baseline", "pb", "pb_head", "gd_joint", "baseline_matched"):
+        use(monkeypatch, StandIn())
+        unforked = runner.train(own, make_run(own, "tox21", variant, 6))
+        standin = use(monkeypatch, StandIn())
+        forked = runner.train(shared_cfg, make_run(shared_cfg, "tox21", variant, 6))
+        if variant != "pb":
+            assert len(standin.phases) == forked["epochs"] - cycle_epochs  # the cycle was not trained again
+        folders = [run_dir(c["results_dir"], make_run(c, "tox21", variant, 6)) for c in (own, shared_cfg)]
+        for name in ("epochs.csv", "cycles.csv", "correlations.csv"):
+            pd.testing.assert_frame_equal(*(pd.read_csv(f / name).drop(columns=["seconds"], errors="ignore")
+                                            for f in folders), check_exact=True)
+        for key in ("original", "max", "final_dendrites", "params_final", "epochs", "stopped_because"):
+            assert forked[key] == unforked[key], (variant, key)
+        assert unforked["first_cycle"] is None and forked["first_cycle"] == str(shared.parent.relative_to(cfg["results_dir"]))
+        a, b = (torch.load(f / "model.pt", weights_only=False)["state"] for f in folders)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k]
+                                            for k in a)
+    # baseline is the first cycle and its end: its records are the cycle's.
+    baseline = run_dir(cfg["results_dir"], make_run(shared_cfg, "tox21", "baseline", 6))
+    pd.testing.assert_frame_equal(pd.read_csv(baseline / "epochs.csv"), pd.read_csv(shared.parent / "epochs.csv"))
 
 
 def test_the_benchmark_is_told_the_phase(cfg, monkeypatch):
@@ -118,10 +165,22 @@ def test_a_diverged_loss_stops_the_run_with_its_error_in_run_log(cfg, monkeypatc
     run = make_run(cfg, "tox21", "pb", 2)
     folder = run_dir(cfg["results_dir"], run)
     use(monkeypatch, StandIn(diverge_at=1))
+    # In the shared first cycle: the error is in that cycle's folder, and the run's folder is never made.
     with pytest.raises(runner.DivergedError, match=r"loss is nan in epoch 1 \(neuron phase, learning rate 0.05\)"):
         runner.train(cfg, run)
+    shared = cfgmod.first_cycle_path(cfg, run).parent
+    assert not folder.exists() and not (shared / "first_cycle.pt").exists()
+    assert len(pd.read_csv(shared / "epochs.csv")) == 1  # the last finished epoch is kept
+    assert "the run diverged" in (shared / "run.log").read_text()
+    # After the fork: in the run's own folder.
+    use(monkeypatch, StandIn())
+    runner.train_first_cycle(cfg, run)
+    cycle_epochs = len(pd.read_csv(shared / "epochs.csv"))
+    use(monkeypatch, StandIn(diverge_at=cycle_epochs))
+    with pytest.raises(runner.DivergedError, match=rf"loss is nan in epoch {cycle_epochs} \(dendrite phase"):
+        runner.train(cfg, run)
     assert not (folder / "summary.json").exists()
-    assert len(pd.read_csv(folder / "epochs.csv")) == 1  # the last finished epoch is kept
+    assert len(pd.read_csv(folder / "epochs.csv")) == cycle_epochs  # the last finished epoch is kept
     assert "the run diverged" in (folder / "run.log").read_text()
 
 
@@ -231,7 +290,8 @@ def test_every_pb_key_reaches_pb_core(tmp_path, monkeypatch):
         "benchmarks.tox21.pb.stop_on_no_improvement=false", "benchmarks.tox21.pb.max_dendrites=2"])
     use(monkeypatch, StandIn())
     runner.train(cfg, make_run(cfg, "tox21", "pb", 0))
-    (ctl,) = made
+    first, ctl = made  # the shared first cycle's (dendrite-free), then the run's
+    assert first.variant.name == "baseline" and not first.layers and ctl.variant.name == "pb"
     assert ctl.candidates == 3 and ctl.dendrite_noise_alpha == 0.2 and ctl.stop_on_no_improvement is False
     assert ctl.candidate_settings == {"init": "layer", "init_std": 0.2, "objective": "correlation",
                                       "snapshot": "epoch_end", "selection": "covariance"}
@@ -314,4 +374,5 @@ def test_a_retry_keeps_a_run_that_finished_in_a_job_counted_as_failed(cfg, monke
     (folder / "summary.json").unlink()
     standin = use(monkeypatch, StandIn())
     runner.train(cfg, run, attempt=1)
-    assert len(standin.phases) == first["epochs"]
+    cycle_epochs = len(pd.read_csv(cfgmod.first_cycle_path(cfg, run).parent / "epochs.csv"))
+    assert len(standin.phases) == first["epochs"] - cycle_epochs > 0  # from the shared first cycle

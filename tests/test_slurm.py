@@ -50,7 +50,7 @@ TINY = {
 LONG_SECONDS = 150
 # Its walltime: 1 minute for the first attempt, 10 minutes for the retry. With the same walltime for every
 # attempt, the last attempt can finish training and be killed while Snakemake wraps up (SLURM checks limits only
-# every 30 s); Snakemake then deletes summary.json and the retry trains the whole run again (see the README).
+# every 30 s); Snakemake then deletes summary.json and the retry trains the whole run again (see docs/cluster.md).
 RETRY_RUNTIME = "1 if attempt == 1 else 10"
 
 
