@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import pb_core
 from pb_core import CycleController, DendriticLayer, Scores, SwitchPolicy, count_parameters
 
-from nets import Tiny
+from nets import DropNet, Tiny, interruptible_epoch
 
 
 # ---------------------------------------------------------------------------------------------- scripted harness
@@ -602,15 +602,6 @@ def test_xor_single_neuron_needs_dendrites(variant):
 
 
 # ---------------------------------------------------------------------------------------------- resume
-class DropNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.bn, self.drop, self.fc2 = nn.Linear(4, 12), nn.BatchNorm1d(12), nn.Dropout(0.3), nn.Linear(12, 3)
-
-    def forward(self, x):
-        return self.fc2(self.drop(torch.relu(self.bn(self.fc1(x)))))
-
-
 def _resume_run(out_dir, interrupt_at=None, seed=0, candidates=2):
     x, y = _data(96, seed=11)
     xv, yv = _data(48, seed=12)
@@ -623,17 +614,7 @@ def _resume_run(out_dir, interrupt_at=None, seed=0, candidates=2):
                           dendrite_switch=SwitchPolicy(patience=2, max_epochs=3),
                           candidates=candidates, max_dendrites=2, out_dir=out_dir)
 
-    def train_epoch(m, opt):
-        total = 0.0
-        for i, (xb, yb) in enumerate(loader):
-            if ctl.state.epoch == interrupt_at and i == 2:
-                raise KeyboardInterrupt
-            opt.zero_grad()
-            loss = F.cross_entropy(m(xb), yb)
-            loss.backward()
-            opt.step()
-            total += loss.item()
-        return total
+    train_epoch = interruptible_epoch(ctl, loader, interrupt_at)
 
     def evaluate(m):
         out = m(xv)

@@ -9,19 +9,11 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from pb_core import VARIANTS, CycleController, SwitchPolicy
 
-
-class DropNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.bn, self.drop, self.fc2 = nn.Linear(4, 12), nn.BatchNorm1d(12), nn.Dropout(0.3), nn.Linear(12, 3)
-
-    def forward(self, x):
-        return self.fc2(self.drop(torch.relu(self.bn(self.fc1(x)))))
+from nets import DropNet, interruptible_epoch
 
 
 def _data(n, seed):
@@ -43,17 +35,7 @@ def _setup(out_dir, variant, interrupt_at=None, baseline_cycles=None, seed=0, ma
                           stop_on_no_improvement=False, baseline_cycles=baseline_cycles,
                           max_total_epochs=max_total_epochs, out_dir=out_dir)
 
-    def train_epoch(m, opt):
-        total = 0.0
-        for i, (xb, yb) in enumerate(loader):
-            if ctl.state.epoch == interrupt_at and i == 2:
-                raise KeyboardInterrupt
-            opt.zero_grad()
-            loss = F.cross_entropy(m(xb), yb)
-            loss.backward()
-            opt.step()
-            total += loss.item()
-        return total
+    train_epoch = interruptible_epoch(ctl, loader, interrupt_at)
 
     def evaluate(m):
         out = m(xv)
