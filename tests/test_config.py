@@ -3,6 +3,7 @@ what it reads, so one seed's, one factor value's or one variant's change reruns 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -203,6 +204,7 @@ def test_pb_core_needs_only_torch(tmp_path):
             "snakemake", "jsonschema", "yaml", "tqdm", "numpy"]
     code = f"""
 import sys
+from pathlib import Path
 for name in {hide!r}:
     sys.modules[name] = None  # "import name" now fails as if it were not installed
 import torch
@@ -223,3 +225,15 @@ print(c.fit(train_epoch, evaluate)['epochs'] > 0, sorted(m for m, v in sys.modul
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["True", "[]"]
+
+
+def test_reading_the_configuration_skips_jsonschemas_slow_optional_format_checker():
+    """Every job reads the configuration: rfc3987_syntax (2.6 s to build its grammar) must not load with it, and
+    validation still reports a bad value."""
+    code = ("import sys; from experiments import config as c; cfg = c.load_config(); "
+            "print('rfc3987_syntax' in sys.modules and sys.modules['rfc3987_syntax'] is not None)\n"
+            "try:\n    c.load_config(overrides=['torch_threads=zero'])\nexcept Exception as e:\n    print('refused', e)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.splitlines()[0] == "False"
+    assert "refused" in out and "torch_threads" in out
