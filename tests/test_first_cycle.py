@@ -83,3 +83,21 @@ def test_the_budget_counts_the_shared_first_cycle_once_per_seed(tmp_path):
     # Not shared: every run counts its own first cycle, as before.
     unshared = compute_budget({**cfg, "share_first_cycle": False})
     assert "first_cycle" not in set(unshared.variant)
+
+
+def test_the_savings_script_counts_each_cycle_once_per_run_that_started_from_it(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("first_cycle_savings", cfgmod.CONFIG_DIR.parent / "benchmarks" /
+                                                  "first_cycle_savings.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cycle = tmp_path / "tox21" / "first_cycle" / "seed0" / "abc"
+    cycle.mkdir(parents=True)
+    pd.DataFrame({"epoch": [0, 1], "seconds": [2.0, 3.0]}).to_csv(cycle / "epochs.csv", index=False)
+    for variant, first in (("baseline", "tox21/first_cycle/seed0/abc"), ("pb", "tox21/first_cycle/seed0/abc"),
+                           ("wider", None)):
+        (tmp_path / "tox21" / variant / "seed0").mkdir(parents=True)
+        (tmp_path / "tox21" / variant / "seed0" / "summary.json").write_text(json.dumps({"first_cycle": first}))
+    (row,) = script.savings(tmp_path)
+    assert (row["seconds"], row["runs"], row["saved_seconds"]) == (5.0, 2, 5.0)
