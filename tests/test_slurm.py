@@ -209,12 +209,14 @@ def test_workflow_runs_as_slurm_jobs_to_its_figure(slurm_runs):
     assert sorted(zip(summary["variant"], summary["seed"])) == [("baseline", 0), ("pb", 0)]
     assert (work / "results/tox21/stats.csv").is_file()
     # Each SLURM job carries Snakemake's rule and wildcards in its comment; the workflow's jobs are exactly
-    # prepare and the two training runs, each COMPLETED, with the profile's account and the cluster's
-    # partition, the rule's walltime (runtime_min 10) and memory. Local rules never reach SLURM.
-    first = jobs[~jobs["Comment"].str.endswith("seed1")]
-    assert sorted(first["Comment"]) == ["rule_prepare_wildcards_" + _prepared_name(work),
-                                        "rule_train_wildcards_tox21_baseline_seed0",
-                                        "rule_train_wildcards_tox21_pb_seed0"], first.to_string()
+    # prepare, seed 0's shared first cycle and its two training runs, each COMPLETED, with the profile's account
+    # and the cluster's partition, the rule's walltime (runtime_min 10) and memory. Local rules never reach SLURM.
+    first = jobs[~jobs["Comment"].str.contains("_seed1")]
+    comments = [re.sub(r"_seed0_[0-9a-f]{10}$", "_seed0_KEY", c) for c in sorted(first["Comment"])]
+    assert comments == ["rule_first_cycle_wildcards_tox21_seed0_KEY",
+                        "rule_prepare_wildcards_" + _prepared_name(work),
+                        "rule_train_wildcards_tox21_baseline_seed0",
+                        "rule_train_wildcards_tox21_pb_seed0"], first.to_string()
     assert (first["State"] == "COMPLETED").all() and (first["ExitCode"] == "0:0").all(), first.to_string()
     assert set(first["Account"]) == {CLUSTER["account"]} and set(first["Partition"]) == {CLUSTER["partition"]}
     train = first[first["Comment"].str.startswith("rule_train")]
