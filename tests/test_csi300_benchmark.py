@@ -108,6 +108,39 @@ def test_evaluate_is_the_mean_daily_precision_at_1_of_train_valid_test(experimen
     assert experiment.head == "fc_out" and experiment.extra["hist_parameters"] == 67_969
 
 
+def test_running_train_score_is_the_training_pass_own_precision_and_scores_no_training_day_again(
+        market, monkeypatch):
+    settings = settings_for(market.cfg, "pb", seed=4)
+    settings["train"]["train_score"] = "running"
+    exp = bench.BENCHMARK.build(settings, market.prepared, "cpu")
+    eval_exp = bench.BENCHMARK.build(settings_for(market.cfg, "pb", seed=4), market.prepared, "cpu")
+    days = exp.extra["days"]
+    with pytest.raises(RuntimeError, match="training pass"):
+        exp.evaluate(exp.model)
+    seen = _recorded_days(monkeypatch)
+    expected, model = [], Linear360()
+    torch.nn.init.normal_(model.w, std=0.1, generator=torch.Generator().manual_seed(0))
+    forward = model.forward
+
+    def recording(x, concepts, market_value):  # the prediction before the day's update, as the loop sees it
+        pred = forward(x, concepts, market_value)
+        expected.append((pred.detach().clone(), seen[-1]))
+        return pred
+    model.forward = recording
+    exp.train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.5), EpochContext("neuron", 0, 0))
+    cache = load_prepared(market.prepared, bench.prepare_settings(market.block), "csi300")
+    train_split = DaySplit.from_cache(cache, "train")
+    hits = [float(train_split.day(i)[3][torch.argmax(pred)] > 0) for pred, (_, i) in expected]
+    seen.clear()
+    expected.clear()
+    train, val, test = exp.evaluate(model)
+    assert train == pytest.approx(np.mean(hits)) and len(hits) == days["train"]
+    assert sorted(n for n, _ in seen) == sorted([days["valid"]] * days["valid"] + [days["test"]] * days["test"])
+    assert (val, test) == eval_exp.evaluate(model)[1:]  # the selecting scores are the eval pass's, unchanged
+    assert train != eval_exp.evaluate(model)[0]  # the weights moved during the pass: not the eval-mode score
+    assert exp.extra["train_score"] == "running" and eval_exp.extra["train_score"] == "eval"
+
+
 def test_build_refuses_a_missing_or_stale_cache(market, tmp_path):
     settings = settings_for(market.cfg, "baseline")
     with pytest.raises(StaleCacheError, match="does not exist.*python -m experiments prepare csi300"):

@@ -5,7 +5,10 @@ Protocol (config/benchmarks/csi300.yaml): qlib's Alpha360 features of the CSI300
 every epoch; MSE on the rank-normalised next-day return; Adam (lr 2e-4); gradient values clipped to
 +-3 on the network's own parameters in neuron phases (HIST's ``clip_grad_value_``; a dendrite phase
 trains only candidates and leaves their gradients alone); every epoch scores Precision@1 on the
-training, validation and test days; validation Precision@1 selects.
+training, validation and test days; validation Precision@1 selects. ``train.train_score: running`` takes the
+training pass's own Precision@1 (each day scored by the network as it was just before that day's update)
+instead of scoring the training days again: the selected scores do not change, and an epoch costs about a
+fifth less on the paper's segments.
 
 Not taken from HIST's ``learn.py``, because the suite's protocol replaces it: its selection by validation
 IC with patience 30, and its evaluation of the mean of the last 5 epochs' weights.
@@ -165,6 +168,8 @@ def make_experiment(settings: dict, cache: dict, device: str) -> Experiment:
     concepts_source = settings["data"]["concepts"]
     model = HIST(**model_cfg, predefined_concepts=concepts_source != "none").to(device)
     clip = train_cfg["clip_grad_value"]
+    running = train_cfg.get("train_score", "eval") == "running"
+    running_hits: list[float] = []  # the last training pass's Precision@1 per day
 
     def train_epoch(model, optimizer, ctx) -> float:
         train = splits["train"]
@@ -173,9 +178,13 @@ def make_experiment(settings: dict, cache: dict, device: str) -> Experiment:
         order = np.random.default_rng([seed, ctx.cycle, ctx.epoch]).permutation(len(train))
         clipped = ctx.network_parameters or [p for p in model.parameters() if p.requires_grad]
         total = 0.0
+        running_hits.clear()
         for i in order:
             x, concepts, market_value, labels = train.day(int(i))
-            loss = mse_loss(model(x, concepts, market_value), labels)
+            pred = model(x, concepts, market_value)
+            if running:
+                running_hits.append(precision_at_k(pred.detach(), labels, 1))
+            loss = mse_loss(pred, labels)
             optimizer.zero_grad()
             loss.backward()
             if clip is not None and ctx.phase == "neuron":
@@ -185,7 +194,12 @@ def make_experiment(settings: dict, cache: dict, device: str) -> Experiment:
         return total / max(len(order), 1)
 
     def evaluate(model):
-        return tuple(precision_at_1(model, splits[name]) for name in SPLITS)
+        if not running:
+            return tuple(precision_at_1(model, splits[name]) for name in SPLITS)
+        if not running_hits:
+            raise RuntimeError("train_score: running needs a training pass before the first evaluation")
+        return (float(np.mean(running_hits)), precision_at_1(model, splits["valid"]),
+                precision_at_1(model, splits["test"]))
 
     stats = cache["stats"]
     return Experiment(
@@ -193,7 +207,7 @@ def make_experiment(settings: dict, cache: dict, device: str) -> Experiment:
         optimizer_factory=lambda params: torch.optim.Adam(params, lr=train_cfg["lr"]),
         head=OUTPUT_LAYER_NAME,
         extra={"hist_parameters": parameter_count(model), "hidden_size": model_cfg["hidden_size"],
-               "concepts": concepts_source,
+               "concepts": concepts_source, "train_score": train_cfg.get("train_score", "eval"),
                "days": stats["days"], "stocks_per_day": stats["stocks_per_day"]})
 
 
