@@ -138,22 +138,29 @@ def deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
-def _exponent_strings_to_floats(obj):
-    # Snakemake reads --configfile with its own YAML loader, which may leave "1e-3" a string.
+_YAML_WORDS = {"true": True, "false": False, "null": None}
+
+
+def _yaml_scalar_strings(obj):
+    """Strings that YAML 1.2 reads as a number, a boolean or null, as those: Snakemake reads --configfile with
+    its own YAML loader, which may leave "1e-3" a string, and ``--config share_first_cycle=false`` gives the
+    string "false" (in a YAML file the same text is a boolean)."""
     if isinstance(obj, dict):
-        return {k: _exponent_strings_to_floats(v) for k, v in obj.items()}
+        return {k: _yaml_scalar_strings(v) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_exponent_strings_to_floats(v) for v in obj]
+        return [_yaml_scalar_strings(v) for v in obj]
     if isinstance(obj, str) and _EXPONENT_FLOAT.fullmatch(obj.strip()):
         return float(obj.replace("_", ""))
+    if isinstance(obj, str) and obj.strip() in _YAML_WORDS:
+        return _YAML_WORDS[obj.strip()]
     return obj
 
 
 def normalise(cfg: dict) -> dict:
-    """The canonical form of a configuration (modified in place and returned): YAML 1.2 numbers, every
+    """The canonical form of a configuration (modified in place and returned): YAML 1.2 scalars, every
     benchmark's ``pb`` completed from ``pb_defaults``, and the keys of ``seed_overrides`` and
     ``factor_overrides`` as strings (JSON and the schema know only those)."""
-    cfg.update(_exponent_strings_to_floats(cfg))
+    cfg.update(_yaml_scalar_strings(cfg))
     defaults = cfg.get("pb_defaults") if isinstance(cfg.get("pb_defaults"), dict) else {}
     for block in cfg.get("benchmarks", {}).values():
         if not isinstance(block, dict):

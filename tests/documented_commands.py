@@ -18,6 +18,8 @@ How a command is checked, without training anything or writing into the reposito
 * ``python benchmarks/<script>.py ...``: the script's own argument parser, stopped right after it parsed the
   documented options.
 * ``pytest`` commands: the test files they name exist and every ``-m`` marker is declared.
+* ``bash benchmarks/<script>.sh ...``: the script exists and ``bash -n`` parses it (a script that measures for
+  an hour has a test of its own that runs it in its dry-run mode).
 
 Anything else (a download with curl, activating the environment) must be listed in ``UNCHECKED`` with the
 reason, and a command with a placeholder must have an entry in ``SUBSTITUTIONS``: nothing is skipped silently.
@@ -48,8 +50,9 @@ def documentation_files() -> list[Path]:
 
 # A line of a code block other than ```bash (those may also hold output) is a command when it starts like one.
 COMMAND_LINE = re.compile(r"(nohup )?(nice -n \d+ )?(/usr/bin/time -v )?(\.venv/bin/)?"
-                          r"(snakemake\b|python[\d.]* (-m |\S+\.py\b)|pytest\b|pip install\b)")
-INLINE_COMMAND = re.compile(r"(nohup )?(nice -n \d+ )?(snakemake \S|python -m \S+ \S|python benchmarks/|pytest \S|\.venv/bin/)")
+                          r"(snakemake\b|python[\d.]* (-m |\S+\.py\b)|pytest\b|pip install\b|bash benchmarks/)")
+INLINE_COMMAND = re.compile(r"(nohup )?(nice -n \d+ )?(snakemake \S|python -m \S+ \S|python benchmarks/|pytest \S|\.venv/bin/|"
+                            r"bash benchmarks/)")
 PLACEHOLDER = re.compile(r"\[|\]|\.\.\.|<[^>]*>|\bRUN\b|\b[a-z]+\|[a-z|]+\b")
 
 
@@ -233,6 +236,8 @@ def checks_for(documented: Documented, scratch: str = SCRATCH) -> list[Check] | 
             checks.append(Check(documented, "experiments", tuple(argv[3:])))
         elif argv[:1] == ["python"] and len(argv) > 1 and re.fullmatch(r"benchmarks/\w+\.py", argv[1]):
             checks.append(Check(documented, "script", tuple(argv[1:])))
+        elif argv[:1] == ["bash"] and len(argv) > 1 and re.fullmatch(r"benchmarks/\w+\.sh", argv[1]):
+            checks.append(Check(documented, "shell", tuple(argv[1:])))
         elif argv[:3] == ["python", "-m", "pytest"] or argv[:1] == ["pytest"]:
             checks.append(Check(documented, "pytest", tuple(argv[3:] if argv[0] == "python" else argv[1:])))
         else:
@@ -286,6 +291,14 @@ def check_pytest(argv: tuple[str, ...]) -> str | None:
         elif not arg.startswith("-") and not (REPO / arg.split("::")[0]).exists():
             problems.append(f"{arg} does not exist")
     return "; ".join(problems) or None
+
+
+def check_shell(argv: tuple[str, ...]) -> str | None:
+    script = REPO / argv[0]
+    if not script.is_file():
+        return f"{argv[0]} does not exist"
+    parsed = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    return f"bash -n {argv[0]}: {parsed.stderr.strip()}" if parsed.returncode else None
 
 
 # --- Snakemake and the benchmark scripts: one worker process -----------------------------------------------

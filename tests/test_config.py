@@ -64,6 +64,21 @@ def test_numbers_in_exponent_form_are_numbers(tmp_path):
         cfgmod.load_config(overrides=["benchmarks.tox21.train.lr=e-3"])
 
 
+def test_snakemake_config_words_true_false_null_are_yaml_scalars():
+    # `snakemake --config share_first_cycle=false` hands the workflow the string "false".
+    raw = cfgmod.load_config()
+    raw["share_first_cycle"] = "false"
+    raw["download"] = "true"
+    raw["benchmarks"]["tox21"]["pb"]["max_total_epochs"] = "null"
+    cfg = cfgmod.validate(raw)
+    assert cfg["share_first_cycle"] is False and cfg["download"] is True
+    assert cfg["benchmarks"]["tox21"]["pb"]["max_total_epochs"] is None
+    raw = cfgmod.load_config()
+    raw["share_first_cycle"] = "no"  # not a YAML 1.2 boolean: still refused, by name
+    with pytest.raises(ConfigError, match="share_first_cycle"):
+        cfgmod.validate(raw)
+
+
 def test_missing_profile_file_and_bad_override(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         cfgmod.load_config([tmp_path / "nope.yaml"])

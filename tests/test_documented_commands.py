@@ -10,7 +10,7 @@ import pytest
 
 from conftest import _shared_data_dir
 from documented_commands import (CURVE_YAML, REPO, SUBSTITUTIONS, UNCHECKED, Documented, check_experiments,
-                                 check_pytest, checks_for, documented_commands, extract, run_worker,
+                                 check_pytest, check_shell, checks_for, documented_commands, extract, run_worker,
                                  scratch_workdir, snakemake_problem)
 
 SAMPLE = """Intro with `snakemake --cores 1
@@ -49,6 +49,7 @@ BROKEN = {
     "python benchmarks/tox21_epoch_times.py --data-dir ../shared/data --repeat-count 3": r"unrecognized arguments|ambiguous|expected",
     "python -m pytest -m slurmm tests/test_slurm.py": r"marker 'slurmm' is not declared",
     "python -m pytest tests/test_slurmm.py": r"does not exist",
+    "bash benchmarks/gpu_prepar.sh ../shared/data": r"does not exist",
 }
 
 
@@ -111,6 +112,16 @@ def test_pytest_commands():
     assert not problems, "\n".join(problems)
     for check, expected in _broken("pytest", Path("/nonexistent")):
         why = check_pytest(check.argv)
+        assert why and re.search(expected, why), (str(check), why)
+
+
+def test_shell_script_commands():
+    checks = _checks("shell", Path("/nonexistent"))
+    assert {c.argv[0] for c in checks} >= {"benchmarks/gpu_prepare.sh", "benchmarks/share_first_cycle_cost.sh"}
+    problems = [f"{c}: {why}" for c in checks if (why := check_shell(c.argv))]
+    assert not problems, "\n".join(problems)
+    for check, expected in _broken("shell", Path("/nonexistent")):
+        why = check_shell(check.argv)
         assert why and re.search(expected, why), (str(check), why)
 
 
