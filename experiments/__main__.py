@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(reference)
     reference.add_argument("--to", metavar="DIR", help="the folder to write (default reference/<profile>/<benchmark>)")
     reference.add_argument("--run-command", metavar="TEXT", help="the command that made the results (recorded)")
+    reference.add_argument("--merge", action="store_true",
+                           help="add this part's seeds to the folder an earlier export wrote (the same profile but "
+                                "for the seeds); every table and figure is recomputed from the pooled run records")
     return parser
 
 
@@ -142,8 +145,9 @@ def main(argv: list[str] | None = None) -> int:
             from .outputs import make_output
             make_output(cfg, args.benchmark, args.name, threads=args.threads)
         elif args.command == "reference":
-            from .reference import export
-            print(f"wrote {export(cfg, args.benchmark, args.to, args.run_command, argv)}", file=sys.stderr)
+            from .reference import export, merge
+            write = merge if args.merge else export
+            print(f"wrote {write(cfg, args.benchmark, args.to, args.run_command, argv)}", file=sys.stderr)
         elif args.command in ("compare", "budget"):
             from pathlib import Path
 

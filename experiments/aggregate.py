@@ -201,7 +201,7 @@ def cycles_at_cap(run_dir: Path, stopped_because: str) -> tuple[float, float]:
     its epochs.csv and the limits its config.json names (NaN, NaN when either file is missing).
 
     The limits: ``max_cycle_epochs`` (either phase), ``cap_dendrite_phase`` (no dendrite phase longer than the
-    first neuron cycle) and ``max_total_epochs`` (it cuts the run's last cycle: ``stopped_because`` says so).
+    first neuron cycle), ``max_dendrite_epochs`` (no dendrite phase longer than that) and ``max_total_epochs`` (it cuts the run's last cycle: ``stopped_because`` says so).
     Fixed cycle lengths (``fixed_cycle_epochs``) are a protocol, not a cap, and a compute-matched control's
     cycles copy its reference's: neither is counted. A cycle that reached its limit in the epoch its patience
     ran out is counted as at the limit (the records cannot tell the two apart)."""
@@ -215,12 +215,15 @@ def cycles_at_cap(run_dir: Path, stopped_because: str) -> tuple[float, float]:
             lengths.setdefault(int(row["cycle"]), [row["phase"], 0])[1] += 1
     order = sorted(lengths)
     first = lengths[order[0]][1] if order else 0
-    cap = pb.get("max_cycle_epochs") if pb.get("fixed_cycle_epochs") is None else None
+    fixed = pb.get("fixed_cycle_epochs") is not None
+    cap = None if fixed else pb.get("max_cycle_epochs")
+    dendrite_cap = None if fixed else pb.get("max_dendrite_epochs")
     counts = {"neuron": 0, "dendrite": 0}
     for i, cycle in enumerate(order):
         phase, n = lengths[cycle]
         at_cap = (cap is not None and n >= cap) \
             or (phase == "dendrite" and pb.get("cap_dendrite_phase", False) and n >= first) \
+            or (phase == "dendrite" and dendrite_cap is not None and n >= dendrite_cap) \
             or (i == len(order) - 1 and stopped_because == "max_total_epochs reached")
         counts[phase] += int(at_cap)
     return counts["neuron"], counts["dendrite"]

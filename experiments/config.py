@@ -47,7 +47,7 @@ NEURON_PB_KEYS = ("neuron_patience", "rel_threshold", "abs_threshold", "fixed_cy
                   "max_total_epochs")
 DENDRITE_PB_KEYS = ("max_dendrites", "activation", "layers", "stop_on_no_improvement", "candidate_init",
                     "candidate_init_std")
-DENDRITE_PHASE_PB_KEYS = ("dendrite_patience", "cap_dendrite_phase", "candidate_optimizer")
+DENDRITE_PHASE_PB_KEYS = ("dendrite_patience", "cap_dendrite_phase", "max_dendrite_epochs", "candidate_optimizer")
 COVARIANCE_PB_KEYS = ("candidates", "dendrite_improvement", "dendrite_noise_alpha", "candidate_objective",
                       "candidate_snapshot", "candidate_selection")
 
@@ -66,10 +66,16 @@ def pb_settings(pb: dict, baseline_cycles: list[int] | None = None) -> PBSetting
     patience 1 and thresholds 0 for a neuron cycle, the dendrite phase's rule the neuron one's, and pb_core's
     defaults for the rest. ``baseline_cycles``: a compute-matched control's cycle lengths.
     """
-    def switch(patience):
+    def switch(patience, cap=None):
+        caps = [c for c in (pb.get("max_cycle_epochs"), cap) if c is not None]
         return SwitchPolicy(patience=patience, fixed_epochs=pb.get("fixed_cycle_epochs"),
-                            max_epochs=pb.get("max_cycle_epochs"), rel_threshold=pb.get("rel_threshold", 0.0),
+                            max_epochs=min(caps) if caps else None, rel_threshold=pb.get("rel_threshold", 0.0),
                             abs_threshold=pb.get("abs_threshold", 0.0))
+
+    dendrite_cap = pb.get("max_dendrite_epochs")
+    # No dendrite rule of its own (no dendrite_patience and no cap): the dendrite phase follows the neuron one.
+    dendrite = (switch(pb.get("dendrite_patience", pb.get("neuron_patience", 1)), dendrite_cap)
+                if "dendrite_patience" in pb or dendrite_cap is not None else None)
 
     noise = {"noise_alpha": pb["dendrite_noise_alpha"]} if "dendrite_noise_alpha" in pb else {}
     return PBSettings(
@@ -77,7 +83,7 @@ def pb_settings(pb: dict, baseline_cycles: list[int] | None = None) -> PBSetting
         candidate_training=CandidateTraining(count=pb.get("candidates"),
                                              **{f: pb[k] for k, f in CANDIDATE_FIELDS.items() if k in pb}),
         phase_end=PhaseEnd(neuron=switch(pb.get("neuron_patience", 1)),
-                           dendrite=switch(pb["dendrite_patience"]) if "dendrite_patience" in pb else None,
+                           dendrite=dendrite,
                            cap_dendrite_phase=pb.get("cap_dendrite_phase", False),
                            improvement=pb.get("dendrite_improvement", "neuron"), **noise),
         run_end=RunEnd(max_dendrites=pb.get("max_dendrites"),

@@ -16,7 +16,8 @@ profile into ``reference/<profile>/<benchmark>/`` (``--to`` another folder), lai
   command that made them, the date of the export, and the jobs' wall and CPU time.
 
 The folder is written beside its destination and renamed into place: a failed export leaves the old one as it
-was. :func:`verify` recomputes the tables from the copied run records with the suite's own aggregation and
+was. ``--merge`` adds a later part of the same profile (other seeds, e.g. from another session) to a folder and
+recomputes everything from the pooled run records (:func:`merge`). :func:`verify` recomputes the tables from the copied run records with the suite's own aggregation and
 lists every cell that differs (``tests/test_reference_results.py`` runs it on every committed folder).
 """
 from __future__ import annotations
@@ -108,6 +109,134 @@ def export(cfg: dict, benchmark: str, destination: Path | None = None, run_comma
     return destination
 
 
+def merge(cfg: dict, benchmark: str, destination: Path | None = None, run_command: str | None = None,
+          argv: list[str] | None = None) -> Path:
+    """Add this profile part's finished runs (its seeds) to the reference folder of the same profile and
+    benchmark that an earlier export wrote (perhaps in another session or on another machine); its path.
+
+    The two configurations must agree in everything but the benchmark's seeds and where files are
+    (``LOCATION_KEYS``), and no seed may be in both.
+    Every table is then recomputed from all the run records in the folder with the suite's own aggregation,
+    the figures are drawn again from them, ``jobs.csv`` holds both parts' jobs, ``profile.json`` the pooled
+    seeds, and ``PROVENANCE.json`` the pooled runs' code and machines with one entry per part under ``parts``.
+    A declared table with a ``seed`` column keeps both parts' rows; one without (a measurement such as a
+    timing table) is the newer part's. Written atomically, as :func:`export`."""
+    import copy
+
+    from .aggregate import write_csv_atomic
+    from .grid import seeds
+
+    destination = Path(destination) if destination is not None else default_destination(cfg, benchmark)
+    if not (destination / PROFILE_FILE).is_file():
+        raise UserError(f"--merge: {destination} holds no exported reference folder; export the first part "
+                        f"without --merge")
+    earlier = json.loads((destination / PROFILE_FILE).read_text())
+    old_seeds, new_seeds = seeds(earlier, benchmark), seeds(cfg, benchmark)
+    if set(old_seeds) & set(new_seeds):
+        raise UserError(f"--merge: seeds {sorted(set(old_seeds) & set(new_seeds))} are already in {destination}; "
+                        f"configure only the new seeds (benchmarks.{benchmark}.seeds: a list)")
+    differences = _differences(_without_seeds(earlier, benchmark), _without_seeds(cfg, benchmark))
+    if differences:
+        raise UserError(f"--merge: this configuration differs from the one {destination} was made with in more "
+                        f"than {benchmark}'s seeds, so their runs cannot be pooled:\n  " + "\n  ".join(differences[:20]))
+    pooled = copy.deepcopy(cfg)
+    pooled["benchmarks"][benchmark]["seeds"] = sorted([*old_seeds, *new_seeds])
+    scratch = destination.parent / f".{destination.name}.merge-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        part = export(cfg, benchmark, scratch / "part" / benchmark, run_command, argv)  # checks the new part
+        staging = scratch / "pooled" / benchmark
+        shutil.copytree(destination, staging)
+        for run in grid(cfg, benchmark):
+            shutil.copytree(part / run.variant / run.point, staging / run.variant / run.point)
+        at_staging = {**pooled, "results_dir": str(staging.parent), "figures_dir": str(scratch / "figures")}
+        for name, table in _pooled_tables(at_staging, benchmark, destination, part).items():
+            write_csv_atomic(table, staging / f"{name}.csv")
+        _write_paper_rows(at_staging, benchmark, staging / PAPER_FILE)
+        _redraw_figures(at_staging, benchmark, staging / "figures")
+        jobs = [*_read_jobs(destination / JOBS_FILE), *_read_jobs(part / JOBS_FILE)]
+        _write_jobs(jobs, staging / JOBS_FILE)
+        (staging / PROFILE_FILE).write_text(cfgmod.canonical_json(pooled) + "\n")
+        earlier_provenance = json.loads((destination / PROVENANCE_FILE).read_text())
+        part_provenance = json.loads((part / PROVENANCE_FILE).read_text())
+        provenance = export_provenance(at_staging, benchmark, grid(pooled, benchmark), jobs,
+                                       run_command, argv)
+        provenance["run_command"] = "see parts"
+        provenance["parts"] = [*earlier_provenance.get("parts", [_part_entry(earlier_provenance, old_seeds)]),
+                               _part_entry(part_provenance, new_seeds)]
+        (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+        problems = verify(staging)
+        if problems:
+            raise UserError(f"{destination}: the pooled tables do not follow from the run records:\n  "
+                            + "\n  ".join(problems[:20]))
+        _swap_into_place(staging, destination)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return destination
+
+
+#: Where things are, not what is computed: parts may differ in these (another session, another machine).
+LOCATION_KEYS = ("data_dir", "cache_dir", "results_dir", "figures_dir", "logs_dir")
+
+
+def _without_seeds(cfg: dict, benchmark: str) -> dict:
+    block = {k: v for k, v in cfg["benchmarks"][benchmark].items() if k != "seeds"}
+    what = {k: v for k, v in cfg.items() if k not in LOCATION_KEYS}
+    return json.loads(cfgmod.canonical_json({**what, "benchmarks": {**cfg["benchmarks"], benchmark: block}}))
+
+
+def _differences(a, b, path: str = "") -> list[str]:
+    """The key paths where two JSON-like values differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b), key=str)
+                for d in _differences(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{path}.{k}" if path else str(k))]
+    return [] if a == b else [f"{path}: {a!r} (the folder) != {b!r} (now)"]
+
+
+def _pooled_tables(cfg: dict, benchmark: str, earlier: Path, part: Path) -> dict:
+    import pandas as pd
+
+    from .pipeline import aggregate_tables
+    from .registry import get_info
+
+    tables = dict(aggregate_tables(cfg, benchmark))
+    for output in get_info(cfg, benchmark).outputs:
+        if output.kind != "table":
+            continue
+        frames = [pd.read_csv(folder / f"{output.name}.csv") for folder in (earlier, part)
+                  if (folder / f"{output.name}.csv").is_file()]
+        if frames and all("seed" in f.columns for f in frames):
+            tables[output.name] = pd.concat(frames, ignore_index=True).sort_values("seed", kind="stable")
+        elif frames:
+            tables[output.name] = frames[-1]
+    return tables
+
+
+def _redraw_figures(cfg: dict, benchmark: str, folder: Path) -> None:
+    from .outputs import make_output
+    from .registry import get_info
+
+    shutil.rmtree(folder, ignore_errors=True)
+    for output in get_info(cfg, benchmark).outputs:
+        if output.kind == "figure":
+            png = make_output(cfg, benchmark, output.name).with_suffix(".png")
+            folder.mkdir(exist_ok=True)
+            shutil.copy2(png, folder / png.name)
+
+
+def _read_jobs(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _part_entry(provenance: dict, part_seeds: list) -> dict:
+    keys = ("exported", "export_command", "run_command", "run_code", "machines", "jobs", "cpu_seconds",
+            "first_job_started", "last_job_ended", "elapsed_seconds")
+    return {"seeds": list(part_seeds), **{k: provenance.get(k) for k in keys}}
+
+
 def _swap_into_place(staging: Path, destination: Path) -> None:
     old = destination.parent / f".{destination.name}.old-{os.getpid()}"
     if destination.exists():
@@ -125,23 +254,29 @@ def _write_paper_rows(cfg: dict, benchmark: str, path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- jobs
-def _belongs(cfg: dict, benchmark: str, rule: str, job: str) -> bool:
+def _belongs(cfg: dict, benchmark: str, rule: str, job: str, points: set[str]) -> bool:
     if rule == "prepare":
         prepared = cfgmod.prepared_path(cfg, benchmark).relative_to(cfg["cache_dir"])
         return job == str(prepared)
+    if rule == "train":  # <benchmark>/<variant>/<point>: only the runs of this profile's grid
+        return job.startswith(f"{benchmark}/") and job.split("/")[-1] in points
+    if rule == "first_cycle":  # <benchmark>/<point>/<key>
+        return job.startswith(f"{benchmark}/") and len(job.split("/")) == 3 and job.split("/")[1] in points
     return job == benchmark or job.startswith((f"{benchmark}/", f"{benchmark}_"))
 
 
 def job_records(cfg: dict, benchmark: str) -> list[dict]:
-    """Every Snakemake benchmark record (``logs/<rule>/<job>.benchmark.tsv``) of this benchmark's jobs, with
+    """Every Snakemake benchmark record (``logs/<rule>/<job>.benchmark.tsv``) of this benchmark's jobs (of its
+    training jobs, those of the configured grid's points only), with
     the file's time (when the job ended) as ``ended``. Only the last line of a record counts (a retried job's
     file holds its last attempt)."""
     logs = Path(cfg["logs_dir"])
+    points = {run.point for run in grid(cfg, benchmark)}
     rows = []
     for path in sorted(logs.rglob("*.benchmark.tsv")):
         rel = path.relative_to(logs)
         rule, job = rel.parts[0], str(Path(*rel.parts[1:]))[:-len(".benchmark.tsv")]
-        if not _belongs(cfg, benchmark, rule, job):
+        if not _belongs(cfg, benchmark, rule, job, points):
             continue
         with open(path, newline="") as f:
             lines = list(csv.DictReader(f, delimiter="\t"))

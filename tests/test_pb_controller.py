@@ -719,3 +719,22 @@ def test_stage_gives_the_shapes_and_flags_of_a_later_cycle(variant):
     assert {id(p) for g in staged.optimizer.param_groups for p in g["params"]} == {id(p) for p in candidates}
     with pytest.raises(ValueError, match="phase"):
         staged.stage(0, "baseline")
+
+
+def test_max_dendrite_epochs_from_the_config_ends_dendrite_phases_and_is_counted(monkeypatch, tmp_path):
+    from experiments import aggregate, config as cfgmod
+
+    # Candidates that improve every epoch: only the cap can end the dendrite phase.
+    monkeypatch.setattr(DendriticLayer, "end_candidate_epoch",
+                        lambda self, *args: {"correlation": 0.1, "improved": 1})
+    pb = {"neuron_patience": 1, "dendrite_patience": 50, "max_dendrite_epochs": 3, "max_dendrites": 1,
+          "rel_threshold": 0.0, "abs_threshold": 0.0}
+    settings = cfgmod.pb_settings(pb)
+    assert settings.phase_end.neuron.max_epochs is None and settings.phase_end.dendrite.max_epochs == 3
+    assert cfgmod.pb_settings({**pb, "max_cycle_epochs": 2}).phase_end.dendrite.max_epochs == 2
+    assert cfgmod.pb_settings({"neuron_patience": 4, "max_dendrite_epochs": 3}).phase_end.dendrite == \
+        SwitchPolicy(patience=4, max_epochs=3, rel_threshold=0.0)  # no dendrite rule of its own: the neuron one's
+    ctl, _, summary, _ = scripted_run("pb", [1, 2, 2, 3, 4, 4, 4], out_dir=tmp_path, **settings.keywords())
+    assert phases(ctl) == "NNN" + "DDD" + "NNN"  # the neuron cycles still end by their patience
+    (tmp_path / "config.json").write_text(json.dumps({"pb": pb}))
+    assert aggregate.cycles_at_cap(tmp_path, summary["stopped_because"]) == (0, 1)

@@ -148,3 +148,52 @@ def test_an_unfinished_profile_is_not_exported_and_the_old_folder_stays(exported
 def test_a_folder_without_its_profile_is_not_a_reference_folder(tmp_path):
     (tmp_path / "tox21").mkdir()
     assert "not a reference folder" in reference.verify(tmp_path / "tox21")[0]
+
+
+def _with_seeds(cfg: dict, seeds, **train) -> dict:
+    block = {**cfg["benchmarks"]["tox21"], "seeds": seeds}
+    if train:
+        block["train"] = {**block["train"], **train}
+    return {**cfg, "benchmarks": {**cfg["benchmarks"], "tox21": block}}
+
+
+@pytest.mark.slow
+def test_parts_exported_one_seed_at_a_time_and_merged_equal_the_whole(exported, tmp_path):
+    """Seeds run in different sessions pool into the folder one export of all of them gives."""
+    from experiments.pipeline import aggregate
+
+    work, whole = exported["work"], exported["dest"]
+    session = tmp_path / "session"  # a session's results hold only its own seeds' tables
+    for name in ("results", "logs", "figures"):
+        shutil.copytree(work / name, session / name)
+    cfg = {**exported["cfg"], "results_dir": str(session / "results"), "logs_dir": str(session / "logs"),
+           "figures_dir": str(session / "figures")}
+    dest = tmp_path / "tiny" / "tox21"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        with pytest.raises(UserError, match="export the first part without --merge"):
+            reference.merge(_with_seeds(cfg, [1]), "tox21", dest)
+        aggregate(_with_seeds(cfg, [0]), "tox21")
+        reference.export(_with_seeds(cfg, [0]), "tox21", dest, run_command="part one")
+        assert sorted(p.parent.name for p in dest.glob("*/*/summary.json")) == ["seed0"] * 4
+        with pytest.raises(UserError, match=r"seeds \[0\] are already in"):
+            reference.merge(_with_seeds(cfg, [0, 1]), "tox21", dest)
+        with pytest.raises(UserError, match=r"benchmarks\.tox21\.train\.lr: 0\.001 \(the folder\) != 0\.01"):
+            reference.merge(_with_seeds(cfg, [1], lr=0.01), "tox21", dest)
+        aggregate(_with_seeds(cfg, [1]), "tox21")
+        reference.merge(_with_seeds(cfg, [1]), "tox21", dest, run_command="part two")
+    assert reference.verify(dest) == []
+    for name in (*reference.CHECKED_TABLES, "paper_comparison"):
+        assert (dest / f"{name}.csv").read_bytes() == (whole / f"{name}.csv").read_bytes(), name
+    for record in whole.glob("*/*/*"):
+        assert (dest / record.relative_to(whole)).read_bytes() == record.read_bytes()
+    assert (dest / "figures" / "tox21_auc.png").is_file()
+    assert json.loads((dest / reference.PROFILE_FILE).read_text())["benchmarks"]["tox21"]["seeds"] == [0, 1]
+    provenance = json.loads((dest / reference.PROVENANCE_FILE).read_text())
+    assert [(p["seeds"], p["run_command"]) for p in provenance["parts"]] == [([0], "part one"), ([1], "part two")]
+    assert provenance["runs"] == 8
+    with open(dest / reference.JOBS_FILE, newline="") as f:
+        jobs = list(csv.DictReader(f))
+    with open(whole / reference.JOBS_FILE, newline="") as f:
+        trained = sorted(j["job"] for j in csv.DictReader(f) if j["rule"] in ("train", "first_cycle"))
+    assert sorted(j["job"] for j in jobs if j["rule"] in ("train", "first_cycle")) == trained  # each run's once
