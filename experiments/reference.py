@@ -96,14 +96,9 @@ def export(cfg: dict, benchmark: str, destination: Path | None = None, run_comma
             (staging / "figures").mkdir()
             for path in figures:
                 shutil.copy2(path, staging / "figures" / path.name)
-        (staging / PROFILE_FILE).write_text(cfgmod.canonical_json(cfg) + "\n")
         provenance = export_provenance(cfg, benchmark, runs, jobs, run_command, argv)
-        (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
-        problems = verify(staging)
-        if problems:
-            raise UserError(f"{results}: its tables do not follow from its run records (aggregate again first):\n  "
-                            + "\n  ".join(problems[:20]))
-        _swap_into_place(staging, destination)
+        _check_and_place(staging, destination, cfg, provenance,
+                         f"{results}: its tables do not follow from its run records (aggregate again first)")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return destination
@@ -156,7 +151,6 @@ def merge(cfg: dict, benchmark: str, destination: Path | None = None, run_comman
         _redraw_figures(at_staging, benchmark, staging / "figures")
         jobs = [*_read_jobs(destination / JOBS_FILE), *_read_jobs(part / JOBS_FILE)]
         _write_jobs(jobs, staging / JOBS_FILE)
-        (staging / PROFILE_FILE).write_text(cfgmod.canonical_json(pooled) + "\n")
         earlier_provenance = json.loads((destination / PROVENANCE_FILE).read_text())
         part_provenance = json.loads((part / PROVENANCE_FILE).read_text())
         provenance = export_provenance(at_staging, benchmark, grid(pooled, benchmark), jobs,
@@ -164,12 +158,8 @@ def merge(cfg: dict, benchmark: str, destination: Path | None = None, run_comman
         provenance["run_command"] = "see parts"
         provenance["parts"] = [*earlier_provenance.get("parts", [_part_entry(earlier_provenance, old_seeds)]),
                                _part_entry(part_provenance, new_seeds)]
-        (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
-        problems = verify(staging)
-        if problems:
-            raise UserError(f"{destination}: the pooled tables do not follow from the run records:\n  "
-                            + "\n  ".join(problems[:20]))
-        _swap_into_place(staging, destination)
+        _check_and_place(staging, destination, pooled, provenance,
+                         f"{destination}: the pooled tables do not follow from the run records")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return destination
@@ -235,6 +225,17 @@ def _part_entry(provenance: dict, part_seeds: list) -> dict:
     keys = ("exported", "export_command", "run_command", "run_code", "machines", "jobs", "cpu_seconds",
             "first_job_started", "last_job_ended", "elapsed_seconds")
     return {"seeds": list(part_seeds), **{k: provenance.get(k) for k in keys}}
+
+
+def _check_and_place(staging: Path, destination: Path, cfg: dict, provenance: dict, failure: str) -> None:
+    """Write the folder's profile and provenance, verify its tables against its run records, and only then
+    rename it into place (``failure`` starts the error when they disagree)."""
+    (staging / PROFILE_FILE).write_text(cfgmod.canonical_json(cfg) + "\n")
+    (staging / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+    problems = verify(staging)
+    if problems:
+        raise UserError(f"{failure}:\n  " + "\n  ".join(problems[:20]))
+    _swap_into_place(staging, destination)
 
 
 def _swap_into_place(staging: Path, destination: Path) -> None:
