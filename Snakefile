@@ -35,6 +35,18 @@ include: "rules/train.smk"
 include: "rules/outputs.smk"
 
 
+onsuccess:
+    # Snakemake can report success without having planned some requested files (experiments.pipeline.
+    # unmade_targets says when); that must be an error, never a silent success.
+    from experiments.pipeline import unmade_targets, unmade_targets_message
+
+    _dag = workflow.dag
+    _partial = _dag.untilrules or _dag.untilfiles or _dag.omitrules or _dag.omitfiles  # --until, --omit-from
+    _unmade = [] if _partial else unmade_targets(_dag.targetjobs)
+    if _unmade:
+        raise SystemExit(unmade_targets_message(_unmade))
+
+
 rule all:
     input:
         ALL_OUTPUTS,

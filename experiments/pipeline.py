@@ -83,3 +83,21 @@ def aggregate(cfg: dict, benchmark: str) -> dict[str, Path]:
                     ", ".join(f"{r.variant}/seed{r.seed}" for r in flagged.itertuples()))
     log.info("%s: aggregated %d runs into %s", benchmark, len(df), out["summary"].parent)
     return out
+
+
+def unmade_targets(target_jobs) -> list[str]:
+    """The requested files that do not exist after Snakemake reported success: each target job's outputs,
+    or its inputs when it has none (a rule such as ``all``). Snakemake 9 can plan no job for a missing file:
+    a job whose only input from an upstream job is an ``ancient()`` file that this run remakes (here: a run's
+    first cycle, when the prepared cache is prepared again) is left out of the plan, and the run ends with
+    exit status 0 without it (snakemake/snakemake#4166 is the same masking). The Snakefile's ``onsuccess``
+    turns that silent success into an error that says what to do."""
+    requested = {str(f) for job in target_jobs for f in (job.output or job.input)}
+    return sorted(f for f in requested if not Path(f).exists())
+
+
+def unmade_targets_message(unmade: list[str]) -> str:
+    shown = ", ".join(unmade[:3]) + (f" and {len(unmade) - 3} more" if len(unmade) > 3 else "")
+    return (f"Snakemake ended without making {len(unmade)} requested file(s): {shown}. It planned no job for "
+            "them (a Snakemake scheduling bug: jobs that start from a cache this same run prepared again are "
+            "left out). Nothing is lost: run the same command again, and they are made.")

@@ -216,3 +216,21 @@ def test_timing_measures_every_cycle_of_each_widths_schedule(tmp_path):
     assert "scaled from 1 of" in table.loc[0, "note"] and "no CUDA device" in table.loc[0, "note"]
     assert table["gpu_inputs_per_second"].isna().all()
     assert ((table["cpu_share"] > 0) & (table["cpu_share"] <= 1.5)).all()
+
+
+def test_same_width_variants_get_their_own_labels_and_markers():
+    """The evidence profile's variants share one width factor: a baseline (pb's first cycle), pb and a wider
+    run must not be drawn as three anonymous "w=0.125 0d" candles or three identical markers."""
+    rows = [{"variant": v, "width": 0.125, "seed": s, "cycle": c, "dendrites": d, "params": p, "val": 0.8,
+             "test": 0.8 + 0.01 * s}
+            for s in (0, 1)
+            for v, c, d, p in [("baseline", 0, 0, 100), ("pb", 0, 0, 100), ("pb", 2, 1, 200), ("wider", 0, 0, 199)]]
+    cycles = pd.DataFrame(rows, columns=figures.CYCLE_COLUMNS)
+    labels = [t.get_text() for t in figures.auc_by_arch_figure(cycles).axes[0].get_xticklabels()]
+    assert len(set(labels)) == len(labels) == 4
+    assert [l.split("\n(n=")[0] for l in labels] == ["w=0.125\n0d\nbaseline", "w=0.125\n0d", "w=0.125\n1d",
+                                                    "w=0.125\nwidened"]
+    ax = figures.params_auc_figure(figures.points(cycles)).axes[0]
+    markers = {line.get_gid().split(":")[1]: line.get_marker() for line in ax.get_lines()
+               if (line.get_gid() or "").startswith("line:")}
+    assert len(set(markers.values())) == 3, markers

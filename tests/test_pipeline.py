@@ -261,3 +261,39 @@ def test_a_failing_step_shows_its_own_error_once(pipeline, tmp_path):
     assert "downloading is switched off" in text and str(tmp_path / "empty" / "tox21" / "tox21.csv.gz") in text
     assert '"benchmarks"' not in text and "--resolved-config" in text
     assert not (tmp_path / "results").exists()
+
+
+def test_a_run_left_out_by_snakemake_is_an_error_and_the_same_command_makes_it(pipeline, tmp_path):
+    """Snakemake 9 plans no job for a missing run whose first cycle starts from a prepared cache that the same
+    command prepares again (here forced; a raw file newer than the cache does it too), and then reports
+    success. The workflow must turn that into an error that says to run the command again, and the command
+    run again makes the run."""
+    work = pipeline["work"]
+    moved = json.loads(json.dumps(pipeline["profile"]))
+    moved.update(results_dir=str(tmp_path / "results"), logs_dir=str(tmp_path / "logs"))
+    write_profile(work, moved)
+    target = tmp_path / "results/tox21/baseline/width1-seed0/summary.json"
+    try:
+        first = snakemake(work, "--cores", "1", "--forcerun", "prepare", "--", str(target))
+        text = first.stdout + first.stderr
+        # A Snakemake that plans the run makes it; one that does not must fail, never succeed without it.
+        assert target.is_file() or (first.returncode != 0 and "run the same command again" in text), text[-3000:]
+        if not target.is_file():
+            assert str(target) in text
+        again = snakemake(work, "--cores", "1", "--", str(target))
+        assert again.returncode == 0, again.stderr[-4000:]
+        assert target.is_file()
+    finally:
+        write_profile(work, pipeline["profile"])
+
+
+def test_unmade_targets_are_a_target_jobs_outputs_or_for_a_rule_like_all_its_inputs(tmp_path):
+    from types import SimpleNamespace
+
+    from experiments.pipeline import unmade_targets
+
+    made = tmp_path / "made.csv"
+    made.write_text("x\n")
+    jobs = [SimpleNamespace(output=[str(made), str(tmp_path / "lost.csv")], input=[str(tmp_path / "in.pt")]),
+            SimpleNamespace(output=[], input=[str(made), str(tmp_path / "figure.pdf")])]
+    assert unmade_targets(jobs) == sorted([str(tmp_path / "lost.csv"), str(tmp_path / "figure.pdf")])

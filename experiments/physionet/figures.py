@@ -22,10 +22,12 @@ from pb_core.records import atomic_write_text, write_csv
 
 from ..errors import UserError
 from ..plotting import save_figure_atomic
+from ..widen import VARIANT as WIDER  # a wider run's width factor is the width it was widened from
 
 CYCLE_COLUMNS = ["variant", "width", "seed", "cycle", "dendrites", "params", "val", "test"]
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 MATCHED = "baseline_matched"
+MARKERS = {"pb": "o", "baseline": "D", WIDER: "^"}  # other variants "v"; the width gives the colour
 
 
 def neuron_cycles(runs) -> pd.DataFrame:
@@ -100,8 +102,10 @@ def params_auc_figure(pts: pd.DataFrame, title: str = "", note: str = "") -> Fig
         for variant in main["variant"].unique():
             line = main[main["variant"] == variant]
             yerr = line["ci95"].fillna(0).to_numpy()
-            bars = ax.errorbar(line["params"], line["test"], yerr=yerr, color=color, marker="o", capsize=3,
-                               label=f"width {width:g}" + ("" if variant == "pb" else f" ({variant})"))
+            name = "" if variant == "pb" else " (wider: widened to pb's parameters)" if variant == WIDER \
+                else f" ({variant})"
+            bars = ax.errorbar(line["params"], line["test"], yerr=yerr, color=color, capsize=3,
+                               marker=MARKERS.get(variant, "v"), label=f"width {width:g}{name}")
             bars.lines[0].set_gid(f"line:{variant}:{width:g}")
             for _, p in line.iterrows():
                 ax.annotate(f"{int(p['dendrites'])}d", (p["params"], p["test"]), textcoords="offset points",
@@ -157,7 +161,11 @@ def candle_groups(cycles: pd.DataFrame) -> list[tuple[str, str, float, int, np.n
     for width in sorted(cycles["width"].unique()):
         at = cycles[(cycles["width"] == width) & (cycles["variant"] != MATCHED)]
         for (variant, d), group in at.groupby(["variant", "dendrites"]):
-            groups.append((f"w={width:g}\n{d}d", variant, width, int(d), group["test"].to_numpy(float)))
+            # pb's cycles are the architectures; any other variant says its name (a baseline of the same width
+            # is pb's first cycle; a wider run is built wider than its width factor says)
+            label = f"w={width:g}\n{d}d" if variant == "pb" else (
+                f"w={width:g}\nwidened" if variant == WIDER else f"w={width:g}\n{d}d\n{variant}")
+            groups.append((label, variant, width, int(d), group["test"].to_numpy(float)))
         if best is not None and (best["width"] == width).any():
             groups.append((f"w={width:g}\nmatched", MATCHED, width, 0,
                            best.loc[best["width"] == width, "test"].to_numpy(float)))
