@@ -109,8 +109,8 @@ def merge(cfg: dict, benchmark: str, destination: Path | None = None, run_comman
     """Add this profile part's finished runs (its seeds) to the reference folder of the same profile and
     benchmark that an earlier export wrote (perhaps in another session or on another machine); its path.
 
-    The two configurations must agree in everything but the benchmark's seeds and where files are
-    (``LOCATION_KEYS``), and no seed may be in both.
+    The two configurations must agree in everything but the benchmark's seeds, where files are
+    (``LOCATION_KEYS``) and the other benchmarks' blocks, and no seed may be in both.
     Every table is then recomputed from all the run records in the folder with the suite's own aggregation,
     the figures are drawn again from them, ``jobs.csv`` holds both parts' jobs, ``profile.json`` the pooled
     seeds, and ``PROVENANCE.json`` the pooled runs' code and machines with one entry per part under ``parts``.
@@ -170,9 +170,11 @@ LOCATION_KEYS = ("data_dir", "cache_dir", "results_dir", "figures_dir", "logs_di
 
 
 def _without_seeds(cfg: dict, benchmark: str) -> dict:
+    """What a part's runs were computed from: the suite's keys and this benchmark's block, less its seeds
+    (the other benchmarks' blocks do not touch its runs, so they may change between parts)."""
     block = {k: v for k, v in cfg["benchmarks"][benchmark].items() if k != "seeds"}
     what = {k: v for k, v in cfg.items() if k not in LOCATION_KEYS}
-    return json.loads(cfgmod.canonical_json({**what, "benchmarks": {**cfg["benchmarks"], benchmark: block}}))
+    return json.loads(cfgmod.canonical_json({**what, "benchmarks": {benchmark: block}}))
 
 
 def _differences(a, b, path: str = "") -> list[str]:
