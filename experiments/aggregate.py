@@ -201,7 +201,8 @@ def cycles_at_cap(run_dir: Path, stopped_because: str) -> tuple[float, float]:
     its epochs.csv and the limits its config.json names (NaN, NaN when either file is missing).
 
     The limits: ``max_cycle_epochs`` (either phase), ``cap_dendrite_phase`` (no dendrite phase longer than the
-    first neuron cycle), ``max_dendrite_epochs`` (no dendrite phase longer than that) and ``max_total_epochs`` (it cuts the run's last cycle: ``stopped_because`` says so).
+    first neuron cycle), ``max_dendrite_epochs`` (no dendrite phase longer than that) and ``max_total_epochs``
+    (it cuts the run's last cycle: ``stopped_because`` says so).
     Fixed cycle lengths (``fixed_cycle_epochs``) are a protocol, not a cap, and a compute-matched control's
     cycles copy its reference's: neither is counted. A cycle that reached its limit in the epoch its patience
     ran out is counted as at the limit (the records cannot tell the two apart)."""

@@ -17,8 +17,8 @@ profile into ``reference/<profile>/<benchmark>/`` (``--to`` another folder), lai
 
 The folder is written beside its destination and renamed into place: a failed export leaves the old one as it
 was. ``--merge`` adds a later part of the same profile (other seeds, e.g. from another session) to a folder and
-recomputes everything from the pooled run records (:func:`merge`). :func:`verify` recomputes the tables from the copied run records with the suite's own aggregation and
-lists every cell that differs (``tests/test_reference_results.py`` runs it on every committed folder).
+recomputes everything from the pooled run records (:func:`merge`). :func:`verify` recomputes the tables from
+the copied run records with the suite's own aggregation and lists every cell that differs (``tests/test_reference_results.py`` runs it on every committed folder).
 """
 from __future__ import annotations
 
