@@ -50,3 +50,17 @@ def test_every_neuron_cycle_ends_by_its_patience(cfg, runs):
             pb = cfgmod.run_settings(cfg, run)["pb"]
             assert pb["fixed_cycle_epochs"] is None and pb["max_cycle_epochs"] is None, run.label
             assert pb["max_total_epochs"] is None, run.label
+
+
+def test_the_parts_of_each_benchmark_cover_its_seeds_once(runs):
+    """Each file in config/evidence_parts/ plans a subset of the profile's runs, and the parts of a benchmark
+    together plan every one of its runs exactly once (no seed forgotten, none run twice in two sessions)."""
+    planned_by_parts = {}
+    for part in sorted((ROOT / "config" / "evidence_parts").glob("*.yaml")):
+        part_cfg = cfgmod.load_config([ROOT / "config" / "evidence.yaml", part], ["data_dir=../shared/data"])
+        for benchmark in cfgmod.load_yaml_text(part.read_text())["benchmarks"]:
+            labels = [run.label for run in grid.grid(part_cfg, benchmark)]
+            assert set(labels) <= {run.label for run in runs[benchmark]}, part.name
+            planned_by_parts.setdefault(benchmark, []).extend(labels)
+    for benchmark, planned in runs.items():
+        assert sorted(planned_by_parts.get(benchmark, [])) == sorted(run.label for run in planned), benchmark
