@@ -361,8 +361,7 @@ def _train(cfg: dict, run: Run, settings: dict, out: Path, threads: int | None, 
         torch.cuda.set_device(device)
         make_gpu_deterministic()
     seed_everything(run.seed)
-    built = widen.widened_settings(settings, settings[widen.VARIANT]["width"]) if widen.VARIANT in settings else settings
-    exp = get_benchmark(cfg, run.benchmark).build(built, cfgmod.prepared_path(cfg, run.benchmark), device)
+    exp = get_benchmark(cfg, run.benchmark).build(widen.built_settings(settings), cfgmod.prepared_path(cfg, run.benchmark), device)
     _start_folder(out, settings)
     handler = _attach_log(out)
     label = f"{run.benchmark}/{out.relative_to(Path(cfg['results_dir']) / run.benchmark)}"
@@ -370,8 +369,7 @@ def _train(cfg: dict, run: Run, settings: dict, out: Path, threads: int | None, 
         for note in notes:
             log.info("%s: %s", run.label, note)
         session = _record_provenance(out, device, threads)
-        plain = run.variant in ("baseline_matched", widen.VARIANT)  # controls: the network without dendrites
-        core_variant = "baseline" if plain or only_first_cycle else run.variant
+        core_variant = "baseline" if only_first_cycle else widen.core_variant(run.variant)
         method = method_settings(settings, exp)
         # A benchmark that steps its scheduler per batch: the controller must not step it per epoch too.
         stepping = {"scheduler_step": lambda scheduler, metric: None} if exp.scheduler_per_batch else {}

@@ -141,6 +141,18 @@ def widened_settings(settings: dict, width: float, factor: str = WIDTH_FACTOR) -
     return out
 
 
+def built_settings(settings: dict) -> dict:
+    """The settings a finished or resumed run's network is built from: a ``wider`` run's at its matched width
+    (recorded in its settings), any other run's as they are."""
+    return widened_settings(settings, settings[VARIANT]["width"]) if VARIANT in settings else settings
+
+
+def core_variant(variant: str) -> str:
+    """The pb_core variant that trains (and reloads) a suite variant's network: the controls without
+    dendrites (``baseline_matched``, ``wider``) are plain networks."""
+    return "baseline" if variant in ("baseline_matched", VARIANT) else variant
+
+
 def match(settings: dict, base_width: float, count: Callable[[dict], int], matched_to: str,
           reference_summary: dict, factor: str = WIDTH_FACTOR) -> WidthMatch:
     """The width match of a ``wider`` run with ``settings`` (its own width ``base_width``) against the

@@ -25,7 +25,7 @@ from experiments.registry import get_info
 from workflow import link_user_data, run_tiny_profile
 
 STOCK_INDEX = "csi300/csi300_stock_index.npy"
-VARIANTS = ["baseline", "pb", "baseline_matched"]
+VARIANTS = ["baseline", "pb", "baseline_matched", "wider"]  # wider: the ranking table rebuilds it at its matched width
 SEED = 0
 HIST_PARAMETERS = 67_969  # hidden size 64 (config/benchmarks/csi300.yaml)
 TARGETS = ["figures/csi300_precision.pdf", "results/csi300/ranking_metrics.csv"]
@@ -83,9 +83,12 @@ def test_summary_holds_every_run_scored_as_the_paper_selects(pipeline):
         for column, split in (("original_val", "valid"), ("max_val", "valid"), ("max_test", "test")):
             hits = row[column] * days[split]
             assert hits == pytest.approx(round(hits)), (variant, column)
-        assert row["params_original"] == HIST_PARAMETERS
-    # Every variant of the seed starts from the same first neuron cycle
-    assert summary["original_val"].nunique() == summary["original_test"].nunique() == 1
+        if variant != "wider":  # wider is the network made as large as pb's final one
+            assert row["params_original"] == HIST_PARAMETERS
+    assert summary.loc["wider", "params"] == pytest.approx(summary.loc["pb", "params"], rel=0.01)
+    # Every variant of the seed but wider (a network of its own) starts from the same first neuron cycle
+    shared = summary.drop(index="wider")
+    assert shared["original_val"].nunique() == shared["original_test"].nunique() == 1
     # pb grew a dendrite on every wrapped layer (about one more HIST), after a dendrite phase of its own
     pb_epochs = pd.read_csv(run_folder(work, "pb") / "epochs.csv")
     assert recs["pb"]["dendrites_added"] == 1 and "dendrite" in set(pb_epochs["phase"])
@@ -163,13 +166,12 @@ def test_figure_9_shows_validation_and_test_original_vs_max_of_every_run(pipelin
     val_ax, test_ax = fig.axes[:2]
     for ax, split in ((val_ax, "val"), (test_ax, "test")):
         seeds = by_gid(ax, "seeds:")
-        # one shared first-cycle candle (every variant's original), then each variant's max
-        assert set(seeds) == {"seeds:first_cycle:original", *(f"seeds:{v}:max" for v in VARIANTS)}
-        assert list(seeds["seeds:first_cycle:original"].get_ydata()) == pytest.approx(
-            [summary.loc["pb", f"original_{split}"]])
+        # wider's first cycle is not the others' shared one: each variant gets its original and its max candle
+        assert set(seeds) == {f"seeds:{v}:{kind}" for v in VARIANTS for kind in ("original", "max")}
         for variant in VARIANTS:
-            assert list(seeds[f"seeds:{variant}:max"].get_ydata()) == pytest.approx(
-                [summary.loc[variant, f"max_{split}"]])
+            for kind in ("original", "max"):
+                assert list(seeds[f"seeds:{variant}:{kind}"].get_ydata()) == pytest.approx(
+                    [summary.loc[variant, f"{kind}_{split}"]])
         assert by_gid(ax, "chance:")[f"chance:{'validation' if split == 'val' else 'test'}"].get_ydata()[0] == 0.5
     paper = by_gid(test_ax, "paper:")
     assert paper["paper:paper, best run: original"].get_ydata()[0] == 0.610

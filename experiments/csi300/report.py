@@ -17,6 +17,7 @@ import torch
 import pb_core
 from pb_core.records import write_csv
 
+from .. import widen
 from ..errors import UserError
 from .benchmark import make_experiment, predict_days, prepare_settings
 from .data import DaySplit, load_prepared
@@ -37,10 +38,9 @@ def load_run_network(settings: dict, run_folder: Path, cache: dict, device: str 
     model_file = Path(run_folder) / "model.pt"
     if not model_file.is_file():
         raise UserError(f"{model_file} does not exist: the run has not finished; train it first")
-    exp = make_experiment(settings, cache, device)
-    variant = "baseline" if settings["variant"] == "baseline_matched" else settings["variant"]
+    exp = make_experiment(widen.built_settings(settings), cache, device)
     pb = settings.get("pb", {})
-    pb_core.load_model_state(exp.model, model_file, variant, layers=pb.get("layers"), head=exp.head,
+    pb_core.load_model_state(exp.model, model_file, widen.core_variant(settings["variant"]), layers=pb.get("layers"), head=exp.head,
                              activation=pb.get("activation", "sigmoid"))
     return exp.model.to(device)
 
