@@ -35,6 +35,7 @@ def precision_figure(summary: pd.DataFrame, variants_order: list[str], *, chance
     axes[1].tick_params(labelleft=True)
     if title:
         fig.suptitle(title, fontsize=11)
+        fig.subplots_adjust(top=0.80)  # room for a two-line title above the panels' own titles
     if note:
         fig.text(0.01, -0.04, f"{note}; dotted: chance ({chance:g})", fontsize=7, va="top", gid="note")
     return fig
