@@ -42,7 +42,7 @@ onsuccess:
 
     _dag = workflow.dag
     _partial = _dag.untilrules or _dag.untilfiles or _dag.omitrules or _dag.omitfiles  # --until, --omit-from
-    _unmade = [] if _partial else unmade_targets(_dag.targetjobs)
+    _unmade = [] if _partial else unmade_targets(_dag.targetjobs, _dag.jobs)
     if _unmade:
         raise SystemExit(unmade_targets_message(_unmade))
 

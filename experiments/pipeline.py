@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from . import config as cfgmod
+from . import config as cfgmod, kept_prepared
 from .aggregate import by_dendrites, dendrite_counts, improvement_summary, load_summaries, write_csv_atomic
 from .download import ensure_file
 from .errors import UserError
@@ -41,10 +41,19 @@ def download(cfg: dict, benchmark: str, only: str | None = None) -> list[Path]:
 
 
 def prepare(cfg: dict, benchmark: str) -> Path:
-    """Read the raw data once into the prepared cache (a cache made from the same settings is reused)."""
+    """Read the raw data once into the prepared cache (a cache made from the same settings is reused, and so is
+    the kept copy of a deleted one whose raw files are unchanged: see kept_prepared.py)."""
     block = cfgmod.benchmark_block(cfg, benchmark)
-    return get_benchmark(cfg, benchmark).prepare(block, Path(cfg["data_dir"]), Path(cfg["cache_dir"]),
-                                                 cfg["download"], benchmark=benchmark)
+    data_dir = Path(cfg["data_dir"])
+    raw_names = [raw.name for raw in get_info(cfg, benchmark).raw_files(block)]
+    checksum = kept_prepared.inputs_checksum(data_dir, raw_names)
+    kept_prepared.restore(cfgmod.prepared_path(cfg, benchmark), checksum)
+    path = get_benchmark(cfg, benchmark).prepare(block, data_dir, Path(cfg["cache_dir"]), cfg["download"],
+                                                 benchmark=benchmark)
+    if checksum is None:  # a raw file was downloaded just now
+        checksum = kept_prepared.inputs_checksum(data_dir, raw_names)
+    kept_prepared.keep(path, checksum)
+    return path
 
 
 def aggregate_paths(cfg: dict, benchmark: str) -> dict[str, Path]:
@@ -85,14 +94,17 @@ def aggregate(cfg: dict, benchmark: str) -> dict[str, Path]:
     return out
 
 
-def unmade_targets(target_jobs) -> list[str]:
-    """The requested files that do not exist after Snakemake reported success: each target job's outputs,
-    or its inputs when it has none (a rule such as ``all``). Snakemake 9 can plan no job for a missing file:
-    a job whose only input from an upstream job is an ``ancient()`` file that this run remakes (here: a run's
-    first cycle, when the prepared cache is prepared again) is left out of the plan, and the run ends with
-    exit status 0 without it (snakemake/snakemake#4166 is the same masking). The Snakefile's ``onsuccess``
-    turns that silent success into an error that says what to do."""
+def unmade_targets(target_jobs, dag_jobs=()) -> list[str]:
+    """The files that do not exist after Snakemake reported success: each target job's outputs, or its inputs
+    when it has none (a rule such as ``all``), and every input and output of every job in the DAG. Snakemake 9
+    can plan no job for a missing file: a job whose only input from an upstream job is an ``ancient()`` file
+    that this run remakes (here: a run's first cycle, when the prepared cache is prepared again) is left out
+    of the plan, and the run ends with exit status 0 without it (snakemake/snakemake#4166 is the same
+    masking). The requested file may even exist, made by an earlier command from other runs (an earlier part's
+    figure), while the runs it now needs were never trained: hence the whole DAG. The Snakefile's
+    ``onsuccess`` turns that silent success into an error that says what to do."""
     requested = {str(f) for job in target_jobs for f in (job.output or job.input)}
+    requested |= {str(f) for job in dag_jobs for f in (*job.output, *job.input)}
     return sorted(f for f in requested if not Path(f).exists())
 
 

@@ -361,7 +361,8 @@ def _train(cfg: dict, run: Run, settings: dict, out: Path, threads: int | None, 
         torch.cuda.set_device(device)
         make_gpu_deterministic()
     seed_everything(run.seed)
-    exp = get_benchmark(cfg, run.benchmark).build(widen.built_settings(settings), cfgmod.prepared_path(cfg, run.benchmark), device)
+    prepared = cfgmod.prepared_path(cfg, run.benchmark)
+    exp = get_benchmark(cfg, run.benchmark).build(widen.built_settings(settings), prepared, device)
     _start_folder(out, settings)
     handler = _attach_log(out)
     label = f"{run.benchmark}/{out.relative_to(Path(cfg['results_dir']) / run.benchmark)}"

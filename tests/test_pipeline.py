@@ -287,6 +287,36 @@ def test_a_run_left_out_by_snakemake_is_an_error_and_the_same_command_makes_it(p
         write_profile(work, pipeline["profile"])
 
 
+def test_a_new_part_whose_runs_snakemake_left_out_is_an_error_though_its_figure_exists(pipeline, tmp_path):
+    """A later part (another seed) asks for a figure that the first part made. Snakemake 9, preparing again in
+    the same command, plans none of the new part's runs and reports success with the first part's figure in
+    place (as the evidence profile's EMNIST seed 2 did). That must be an error too, and the command run again
+    makes the runs and the figure."""
+    work = pipeline["work"]
+    part = json.loads(json.dumps(pipeline["profile"]))
+    part.update(results_dir=str(tmp_path / "results"), figures_dir=str(tmp_path / "figures"),
+                logs_dir=str(tmp_path / "logs"))
+    part["benchmarks"]["tox21"].update(seeds=[0], variants=["baseline", "pb"], factors={"width": [1]})
+    write_profile(work, part)
+    figure = tmp_path / "figures/tox21_auc.pdf"
+    try:
+        assert snakemake(work, "--cores", "1", "--", str(figure)).returncode == 0
+        made_by_first_part = figure.stat().st_mtime_ns
+        part["benchmarks"]["tox21"]["seeds"] = [2]
+        write_profile(work, part)
+        new_run = tmp_path / "results/tox21/pb/width1-seed2/summary.json"
+        first = snakemake(work, "--cores", "1", "--forcerun", "prepare", "--", str(figure))
+        text = first.stdout + first.stderr
+        if not new_run.is_file():
+            assert first.returncode != 0 and "run the same command again" in text, text[-3000:]
+            assert str(new_run) in text
+            again = snakemake(work, "--cores", "1", "--", str(figure))
+            assert again.returncode == 0, again.stderr[-4000:]
+        assert new_run.is_file() and figure.stat().st_mtime_ns > made_by_first_part
+    finally:
+        write_profile(work, pipeline["profile"])
+
+
 def test_unmade_targets_are_a_target_jobs_outputs_or_for_a_rule_like_all_its_inputs(tmp_path):
     from types import SimpleNamespace
 
@@ -297,3 +327,7 @@ def test_unmade_targets_are_a_target_jobs_outputs_or_for_a_rule_like_all_its_inp
     jobs = [SimpleNamespace(output=[str(made), str(tmp_path / "lost.csv")], input=[str(tmp_path / "in.pt")]),
             SimpleNamespace(output=[], input=[str(made), str(tmp_path / "figure.pdf")])]
     assert unmade_targets(jobs) == sorted([str(tmp_path / "lost.csv"), str(tmp_path / "figure.pdf")])
+    # a job of the DAG that Snakemake left out: its output is missing though the target exists
+    upstream = [SimpleNamespace(output=[str(tmp_path / "run/summary.json")], input=[str(made)])]
+    assert unmade_targets(jobs[1:2], upstream) == sorted([str(tmp_path / "figure.pdf"),
+                                                          str(tmp_path / "run/summary.json")])

@@ -228,7 +228,7 @@ def test_workflow_runs_as_slurm_jobs_to_its_figure(slurm_runs):
 
 
 def _prepared_name(work: Path) -> str:
-    (prepared,) = (work / "data/cache").rglob("*.pt")
+    (prepared,) = (p for p in (work / "data/cache").rglob("*.pt") if "kept" not in p.parts)
     return "_".join(prepared.relative_to(work / "data/cache").parts)
 
 

@@ -40,8 +40,8 @@ def load_run_network(settings: dict, run_folder: Path, cache: dict, device: str 
         raise UserError(f"{model_file} does not exist: the run has not finished; train it first")
     exp = make_experiment(widen.built_settings(settings), cache, device)
     pb = settings.get("pb", {})
-    pb_core.load_model_state(exp.model, model_file, widen.core_variant(settings["variant"]), layers=pb.get("layers"), head=exp.head,
-                             activation=pb.get("activation", "sigmoid"))
+    pb_core.load_model_state(exp.model, model_file, widen.core_variant(settings["variant"]), layers=pb.get("layers"),
+                             head=exp.head, activation=pb.get("activation", "sigmoid"))
     return exp.model.to(device)
 
 
