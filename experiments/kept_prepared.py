@@ -2,8 +2,8 @@
 
 Snakemake prepares again whenever a raw file is newer than the prepared cache, and it deletes the cache before
 the job starts. A data folder copied or mounted afresh (a new checkout, a restored backup, a shared folder
-provisioned again) has new modification times and the same bytes, and CSI300's prepare then takes about 25
-minutes to compute the same Alpha360 frames again. So every prepared cache has a hard link in
+provisioned again) has new modification times and the same bytes, and every benchmark would compute the same
+prepared data again (CSI300's Alpha360 frames: minutes). So every prepared cache has a hard link in
 ``<cache folder>/kept/`` (no extra disk space) beside the checksum of the raw inputs it was made from. When the
 cache is missing and the raw inputs' checksum is the kept one's, the kept copy is linked back and dated now; the
 benchmark's own prepare then checks its settings as always. Changed bytes in any raw file make a new cache.
