@@ -71,7 +71,9 @@ def candlestick_figure(df: pd.DataFrame, out_pdf: Path, metric_label: str,
     of a seed shares the same original score (its first neuron cycle), one grey "first cycle" candle stands
     for all of them at the left, followed by one "max" candle per group; otherwise each group has an
     original and a max candle side by side. With at most ``SEED_POINTS_MAX`` seeds each run is a dot, and a
-    thin line joins the dots of one seed, so the pairing behind the statistics is visible.
+    thin line joins one seed's max dots from group to group (from its shared first cycle when there is one),
+    so the pairing behind the statistics is visible; an unshared original is a dot without a line, since a
+    line through it would zigzag between two kinds of score.
 
     ``variants_order`` fixes the x order of the groups; a listed group without runs keeps its slot, labelled
     n=0; groups with runs but not listed are appended. ``paper_means`` maps a label to a score drawn as a
@@ -118,8 +120,9 @@ def candlestick_figure(df: pd.DataFrame, out_pdf: Path, metric_label: str,
             xs = [x + jitter[s] for s in rows["seed"]]
             ax.plot(xs, values, marker="o", markersize=3, linestyle="none", color="black", alpha=0.6,
                     zorder=4, gid=f"seeds:{gid}")
-            for s, xp, yp in zip(rows["seed"], xs, values):
-                points.setdefault(s, []).append((xp, yp))
+            if kind == "max" or group is None:
+                for s, xp, yp in zip(rows["seed"], xs, values):
+                    points.setdefault(s, []).append((xp, yp))
     if show_points:
         for s, pts in points.items():
             if len(pts) > 1:
@@ -141,7 +144,7 @@ def candlestick_figure(df: pd.DataFrame, out_pdf: Path, metric_label: str,
     ]
     if show_points:
         handles.append(Line2D([], [], marker="o", markersize=3, color="black", linestyle="-", linewidth=0.5,
-                              label="one seed (lines join a seed's runs)"))
+                              label="one seed (lines join its max scores)"))
     for j, (label, value) in enumerate((paper_means or {}).items()):
         line = ax.axhline(value, color=PAPER_LINE_COLORS[j % len(PAPER_LINE_COLORS)],
                           linestyle="--", linewidth=1.0, zorder=0, label=f"{label}: {value:g}",

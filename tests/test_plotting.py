@@ -126,6 +126,20 @@ def test_shared_first_cycle_is_one_candle_with_seed_points_and_pairs(tmp_path):
     assert notes and notes[0].get_text() == "profile: quick; 3 seeds"
 
 
+def test_without_a_shared_first_cycle_a_seed_line_joins_only_its_max_scores(tmp_path):
+    """A variant with its own first cycle (wider) puts an original beside each max candle; the seed line
+    must join the max scores the statistics pair, never zigzag through the originals."""
+    orig, wide = [0.70, 0.72], [0.66, 0.69]
+    df = _runs_table({"baseline": (orig, orig), "pb": (orig, [0.75, 0.71]), "wider": (wide, [0.78, 0.73])})
+    fig = candlestick_figure(df, tmp_path / "w.pdf", "AUC", variants_order=["baseline", "pb", "wider"])
+    assert "box:wider:original" in _artists(fig, "box:")  # not the shared layout
+    pairs = _artists(fig, "pair:")
+    assert set(pairs) == {"pair:0", "pair:1"}
+    assert list(pairs["pair:1"].get_ydata()) == pytest.approx([0.72, 0.71, 0.73])
+    assert list(pairs["pair:1"].get_xdata()) == sorted(pairs["pair:1"].get_xdata())
+    assert len(_artists(fig, "seeds:")) == 6  # every run is still a dot
+
+
 def test_no_seed_points_for_many_seeds(tmp_path):
     rng = np.random.default_rng(0)
     orig = list(rng.uniform(0.6, 0.7, 40))
