@@ -149,10 +149,14 @@ def merge(cfg: dict, benchmark: str, destination: Path | None = None, run_comman
             write_csv_atomic(table, staging / f"{name}.csv")
         _write_paper_rows(at_staging, benchmark, staging / PAPER_FILE)
         _redraw_figures(at_staging, benchmark, staging / "figures")
-        jobs = [*_read_jobs(destination / JOBS_FILE), *_read_jobs(part / JOBS_FILE)]
+        earlier_jobs = _read_jobs(destination / JOBS_FILE)
+        # a job both parts list with the same end time ran once (the prepare step a later part found made)
+        seen = {(j["rule"], j["job"], j["ended"]) for j in earlier_jobs}
+        part_jobs = [j for j in _read_jobs(part / JOBS_FILE) if (j["rule"], j["job"], j["ended"]) not in seen]
+        jobs = [*earlier_jobs, *part_jobs]
         _write_jobs(jobs, staging / JOBS_FILE)
         earlier_provenance = json.loads((destination / PROVENANCE_FILE).read_text())
-        part_provenance = json.loads((part / PROVENANCE_FILE).read_text())
+        part_provenance = {**json.loads((part / PROVENANCE_FILE).read_text()), **job_totals(part_jobs)}
         provenance = export_provenance(at_staging, benchmark, grid(pooled, benchmark), jobs,
                                        run_command, argv)
         provenance["run_command"] = "see parts"
@@ -322,11 +326,6 @@ def export_provenance(cfg: dict, benchmark: str, runs, jobs: list[dict], run_com
                                    "platform": s.get("platform", {}), "device": s.get("device", {}).get("name")
                                    or s.get("device", {}).get("type"), "threads": s.get("threads", {}).get("torch")},
                                   sort_keys=True) for s in sessions})
-    wall = [_number(j.get("s")) for j in jobs]
-    cpu = [_number(j.get("cpu_time")) for j in jobs]
-    starts = [dt.datetime.fromisoformat(j["ended"]) - dt.timedelta(seconds=w) for j, w in zip(jobs, wall)
-              if math.isfinite(w)]
-    ends = [dt.datetime.fromisoformat(j["ended"]) for j in jobs]
     return {
         "profile": cfg["profile"],
         "benchmark": benchmark,
@@ -337,6 +336,18 @@ def export_provenance(cfg: dict, benchmark: str, runs, jobs: list[dict], run_com
         "runs": len(runs),
         "run_code": [{"commit": c, "dirty": d} for c, d in commits],
         "machines": [json.loads(m) for m in machines],
+        **job_totals(jobs),
+    }
+
+
+def job_totals(jobs: list[dict]) -> dict:
+    """Counts, CPU and wall seconds and the time span of Snakemake job records (rows of ``jobs.csv``)."""
+    wall = [_number(j.get("s")) for j in jobs]
+    cpu = [_number(j.get("cpu_time")) for j in jobs]
+    starts = [dt.datetime.fromisoformat(j["ended"]) - dt.timedelta(seconds=w) for j, w in zip(jobs, wall)
+              if math.isfinite(w)]
+    ends = [dt.datetime.fromisoformat(j["ended"]) for j in jobs]
+    return {
         "jobs": len(jobs),
         "jobs_by_rule": {rule: sum(1 for j in jobs if j["rule"] == rule) for rule in sorted({j["rule"] for j in jobs})},
         "cpu_seconds": round(sum(c for c in cpu if math.isfinite(c)), 2),

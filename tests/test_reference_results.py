@@ -199,3 +199,5 @@ def test_parts_exported_one_seed_at_a_time_and_merged_equal_the_whole(exported, 
     with open(whole / reference.JOBS_FILE, newline="") as f:
         trained = sorted(j["job"] for j in csv.DictReader(f) if j["rule"] in ("train", "first_cycle"))
     assert sorted(j["job"] for j in jobs if j["rule"] in ("train", "first_cycle")) == trained  # each run's once
+    assert [j["rule"] for j in jobs].count("prepare") == 1  # one prepare, which both parts' logs hold
+    assert sum(p["cpu_seconds"] for p in provenance["parts"]) == pytest.approx(provenance["cpu_seconds"], abs=0.05)
